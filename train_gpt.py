@@ -196,9 +196,9 @@ class Dist(SimpleNamespace):
 
 
 def init_distributed() -> Dist:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world_size = _env(int, "WORLD_SIZE", 1)
+    rank = _env(int, "RANK", 0)
+    local_rank = _env(int, "LOCAL_RANK", 0)
     if world_size < 1 or 8 % world_size != 0:
         raise ValueError(f"WORLD_SIZE={world_size}: must divide 8 (grad accumulation is 8/WORLD_SIZE)")
     if torch.cuda.is_available():
@@ -775,6 +775,30 @@ def autocast_context(device: torch.device):
 # Training: compile warm-up with restore, wallclock-driven schedules, EMA, agreed stop.
 
 
+class StopVote:
+    """Wallclock stop that every rank agrees on without a per-step host sync: each step casts a vote
+    (all-reduced MAX) and acts on the previous step's result, whose copy to the host is done by then."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.pending = device, None
+
+    def stop(self, over_budget: bool) -> bool:
+        previous = self.pending
+        vote = all_reduce_(torch.tensor([float(over_budget)], device=self.device), dist.ReduceOp.MAX)
+        if self.device.type == "cuda":
+            host = torch.empty(1, pin_memory=True).copy_(vote, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            self.pending = (host, done)
+        else:
+            self.pending = (vote, None)
+        if previous is None:
+            return False
+        if previous[1] is not None:
+            previous[1].synchronize()
+        return previous[0].item() > 0
+
+
 def train(h, model: GPT, compiled, nll_fn, d: Dist, log, val: ValData) -> tuple[EMA, int, float]:
     """Trains in place; returns (EMA, steps, training ms)."""
     muon, adam = build_optimizers(h, model, d)
@@ -815,6 +839,7 @@ def train(h, model: GPT, compiled, nll_fn, d: Dist, log, val: ValData) -> tuple[
         init_state = copy.deepcopy(model.state_dict())
         opt_states = [copy.deepcopy(o.state_dict()) for o in (muon, adam)]
         loader = make_loader()
+        warm_t0 = time.perf_counter()
         for looping in (False, True):
             model.looping = looping
             for _ in range(h.warmup_steps):
@@ -824,11 +849,12 @@ def train(h, model: GPT, compiled, nll_fn, d: Dist, log, val: ValData) -> tuple[
         for o, s in zip((muon, adam), opt_states):
             o.load_state_dict(s)
         model.looping = False
-        log(f"warmup_done steps:{h.warmup_steps} per_mode")
+        log(f"warmup_done steps:{h.warmup_steps} per_mode time:{1000 * (time.perf_counter() - warm_t0):.0f}ms")
     loader = make_loader()
     ema = EMA(model)
     train_ms, step, stop_after = 0.0, 0, None
     last_log, loop_switch = (0, 0.0), None  # (step, train ms) at the last log line / recurrence switch
+    votes = StopVote(d.device)
     synchronize(d.device)
     t0 = time.perf_counter()
     while True:
@@ -850,18 +876,15 @@ def train(h, model: GPT, compiled, nll_fn, d: Dist, log, val: ValData) -> tuple[
         loss = train_step(loader, step, lr_multiplier(progress_of(step, elapsed), h.warmdown_frac))
         ema.update(step, h.ema_decay)
         step += 1
-        synchronize(d.device)  # the clock measures finished GPU work, and every rank stops on the same step
         elapsed = train_ms + 1000 * (time.perf_counter() - t0)
         if step <= 5 or step % h.train_log_every == 0:
             tps = (step - last_log[0]) * h.train_batch_tokens / max(1e-9, (elapsed - last_log[1]) / 1000)
             log(f"{step}/{h.iterations} train_loss: {loss.item():.4f} train_time: {elapsed / 60000:.2f}m "
                 f"step_avg: {elapsed / step:.2f}ms tok/s: {tps:.0f}")
             last_log = (step, elapsed)
-        if stop_after is None and budget_ms > 0:
-            flag = all_reduce_(torch.tensor([float(elapsed >= budget_ms)], device=d.device), dist.ReduceOp.MAX)
-            if flag.item() > 0:
-                stop_after = step
-                log(f"stopping_early: wallclock_cap train_time: {elapsed:.0f}ms step: {step}/{h.iterations}")
+        if stop_after is None and budget_ms > 0 and votes.stop(elapsed >= budget_ms):
+            stop_after = step
+            log(f"stopping_early: wallclock_cap train_time: {elapsed:.0f}ms step: {step}/{h.iterations}")
     phases = [(0, 0.0), loop_switch or (step, train_ms), (step, train_ms)]
     for looping in (0, 1):
         n, ms = phases[looping + 1][0] - phases[looping][0], phases[looping + 1][1] - phases[looping][1]
@@ -943,10 +966,11 @@ def collect_hessians(h, model: GPT, d: Dist, log) -> dict[str, Tensor]:
 
     def add(name: str, x: Tensor) -> None:
         x = x.detach().reshape(-1, x.size(-1)).float()
-        if name in hess:
-            hess[name].addmm_(x.T, x)
-        else:
-            hess[name] = x.T @ x
+        with torch.autocast(x.device.type, enabled=False):  # fp32 accumulation even inside the bf16 forward
+            if name in hess:
+                hess[name].addmm_(x.T, x)
+            else:
+                hess[name] = x.T @ x
 
     hooks = [mod.register_forward_pre_hook(lambda m, inp, name=name: add(name, inp[0]))
              for name, mod in model.named_modules()
@@ -1224,7 +1248,7 @@ def window_plan(n_targets: int, seq_len: int, stride: int) -> list[tuple[int, in
 
 
 @torch.no_grad()
-def score_windows(h, nll_fn, val: ValData, windows: list[tuple[int, int, int]], d: Dist) -> Tensor:
+def score_windows(h, nll_fn, val: ValData, windows: list[tuple[int, int, int]], stride: int, d: Dist) -> Tensor:
     """This rank's (sum NLL, targets, bytes) over `windows`; every window is padded to EVAL_SEQ_LEN and
     only its (first, end) targets count. Batches have one shape: short ones are padded with empty windows."""
     L, tokens = h.eval_seq_len, val.tokens
@@ -1245,9 +1269,9 @@ def score_windows(h, nll_fn, val: ValData, windows: list[tuple[int, int, int]], 
         stats[2] += (target_bytes(tokens, (tidx + 1).clamp_max(n_targets), val.sidecar, val.luts) * mask).sum()
 
     # A window scoring targets before its last `stride` slots (the first one) needs logits at every position.
-    wide = [w for w in windows if w[1] < w[0] + L - h.eval_stride]
-    narrow = [w for w in windows if w[1] >= w[0] + L - h.eval_stride]
-    for group, last in ((wide, L), (narrow, h.eval_stride)):
+    wide = [w for w in windows if w[1] < w[0] + L - stride]
+    narrow = [w for w in windows if w[1] >= w[0] + L - stride]
+    for group, last in ((wide, L), (narrow, stride)):
         rows = max(1, min(batch, 65536 // last))  # bounds one call's fp32 logits to 64K rows
         for i in range(0, len(group), rows):
             chunk = group[i : i + rows]
@@ -1262,7 +1286,7 @@ def bpb_from(stats: Tensor) -> tuple[float, float]:
 def evaluate(h, nll_fn, val: ValData, d: Dist, stride: int) -> tuple[float, float]:
     """(val_loss in nats/token, val_bpb) over windows every `stride` tokens (stride = EVAL_SEQ_LEN: standard)."""
     plan = window_plan(val.tokens.numel() - 1, h.eval_seq_len, stride)
-    return bpb_from(all_reduce_(score_windows(h, nll_fn, val, plan[d.rank :: d.world_size], d)))
+    return bpb_from(all_reduce_(score_windows(h, nll_fn, val, plan[d.rank :: d.world_size], stride, d)))
 
 
 def chunk_windows(plan, chunk_tokens: int) -> list[list[tuple[int, int, int]]]:
@@ -1288,7 +1312,7 @@ def score_first_ttt(h, model: GPT, nll_fn, compiled, val: ValData, d: Dist, log)
     opt = torch.optim.SGD(params, lr=h.ttt_lr, momentum=h.ttt_momentum)
     per_chunk = torch.zeros(len(chunks), 3, dtype=torch.float64, device=val.tokens.device)
     for c, windows in enumerate(chunks):
-        per_chunk[c] = all_reduce_(score_windows(h, nll_fn, val, windows[d.rank :: d.world_size], d))
+        per_chunk[c] = all_reduce_(score_windows(h, nll_fn, val, windows[d.rank :: d.world_size], h.eval_stride, d))
         if c == len(chunks) - 1 or h.ttt_epochs == 0:
             continue
         for group in opt.param_groups:
@@ -1334,7 +1358,11 @@ def check_inputs(h, d: Dist):
     if h.resume_checkpoint and not Path(h.resume_checkpoint).is_file():
         raise FileNotFoundError(f"RESUME_CHECKPOINT={h.resume_checkpoint}: file not found")
     sp = load_tokenizer(h.tokenizer_path, h.vocab_size)
-    return load_validation(h, d.device, build_sentencepiece_luts(sp, h.vocab_size, d.device))
+    val = load_validation(h, d.device, build_sentencepiece_luts(sp, h.vocab_size, d.device))
+    if h.prequant_ttt_enabled and h.prequant_ttt_epochs > 0 and val.tokens.numel() - 1 < h.prequant_ttt_chunk_tokens:
+        raise ValueError(f"PREQUANT_TTT_CHUNK_TOKENS={h.prequant_ttt_chunk_tokens}: more than the {val.tokens.numel() - 1} "
+                         "validation targets, so pre-quant TTT would train on nothing")
+    return val
 
 
 def main() -> None:

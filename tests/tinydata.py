@@ -44,14 +44,16 @@ def write_shard(path: Path, values) -> None:
 
 
 def encode_docs(sp, docs: list[str]) -> tuple[list[int], list[int]]:
-    """BOS + tokens per document, and the UTF-8 bytes of each token's surface (BOS 0)."""
+    """BOS + tokens per document, and the UTF-8 bytes of each token's surface (BOS 0; the dummy-prefix space
+    SentencePiece adds before a document is not in the text, so it counts 0)."""
     tokens, nbytes = [], []
     for doc in docs:
         tokens.append(1)
         nbytes.append(0)
-        for piece_id in sp.encode(doc):
+        for i, piece_id in enumerate(sp.encode(doc)):
+            surface = sp.id_to_piece(piece_id).replace("\u2581", " ")
             tokens.append(piece_id)
-            nbytes.append(len(sp.id_to_piece(piece_id).replace("\u2581", " ").encode("utf-8")))
+            nbytes.append(len((surface[1:] if i == 0 and surface.startswith(" ") else surface).encode("utf-8")))
     return tokens, nbytes
 
 

@@ -1,0 +1,79 @@
+"""Shared fixtures for the train_gpt.py tests (CPU, float32, tiny shapes)."""
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "tests"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import train_gpt as tg  # noqa: E402
+
+# Every environment variable train_gpt reads: the hyperparameters (parsed from read_hyperparameters' source,
+# so new ones are picked up automatically) and the torchrun variables.
+HPARAM_ENV = sorted(set(re.findall(r'_env\(\w+, "(\w+)"', inspect.getsource(tg.read_hyperparameters))))
+DIST_ENV = ["WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"]
+
+# A tiny configuration of the real model: 4 layers (1-2 looped), width 64, 2 query heads sharing 1 KV head.
+TINY = dict(vocab_size=64, num_layers=4, model_dim=64, num_heads=2, num_kv_heads=1, loop_start=1, loop_end=2,
+            parallel_residual_start=3, xsa_last_n=4, train_seq_len=32, eval_seq_len=32, eval_stride=8,
+            train_batch_tokens=2048, val_batch_tokens=2048, iterations=10, max_wallclock_seconds=0.0,
+            warmup_steps=0)
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """Removes every variable train_gpt reads, so the ambient environment cannot leak into a test."""
+    for name in HPARAM_ENV + DIST_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def tiny_h(clean_env):
+    """Factory: validated hyperparameters = defaults, overridden by TINY, overridden by keyword arguments."""
+
+    def make(**overrides):
+        h = tg.read_hyperparameters()
+        vars(h).update({**TINY, **overrides})
+        tg.validate_hyperparameters(h)
+        return h
+
+    return make
+
+
+@pytest.fixture
+def tiny_model(tiny_h):
+    """Factory: a float32 CPU GPT with every weight perturbed (the zero-init projections would block gradients)."""
+
+    def make(seed: int = 0, **overrides):
+        torch.manual_seed(seed)
+        model = tg.GPT(tiny_h(**overrides))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        return model
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """tests/tinydata.py dataset (vocab 64, 2 train shards, val shard + byte sidecar), built once. Read-only."""
+    import tinydata
+
+    return tinydata.make_dataset(tmp_path_factory.mktemp("tinydata"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sp(tiny_data):
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=str(tiny_data / "tokenizers" / "fineweb_64_bpe.model"))

@@ -1,0 +1,103 @@
+"""Model structure: parameter count, forward/backward, recurrence order, XSA."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import train_gpt as tg
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+
+def test_param_count_at_defaults():
+    """The default configuration has exactly 35,944,536 parameters (SPEC §3), built on the meta device."""
+    with torch.device("meta"):
+        model = tg.GPT(tg.read_hyperparameters())
+    assert tg.count_parameters(model) == 35_944_536
+    assert model.tok_emb.weight.shape == (8192, 512)
+    assert len(model.blocks) == 11
+    assert model.skip_weights.shape == (8, 512)  # 8 skips with recurrence (encoder of 8 virtual layers)
+
+
+@pytest.mark.parametrize("looping", [False, True])
+def test_forward_backward_finite_and_grads_reach_used_params(tiny_model, looping):
+    """Loss and every gradient are finite; every used parameter gets a nonzero gradient, unused skip rows get 0."""
+    model = tiny_model()
+    model.looping = looping
+    torch.manual_seed(1)
+    x = torch.randint(0, 64, (2, 32))
+    y = torch.randint(0, 64, (2, 32))
+    loss = model(x, y)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert 2.0 < loss.item() < 8.0  # about ln(64) = 4.16 for a near-random model
+    loss.backward()
+    encoder, decoder = tg.encoder_decoder(model.layer_order())
+    used_skips = min(len(encoder), len(decoder))
+    assert model.skip_weights.size(0) == 4  # looped order 0,1,2,1,2,1,2,3 -> 4 skips; plain order uses 2
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        if name in ("skip_weights", "skip_gates"):
+            assert (p.grad[:used_skips].abs().sum(-1) > 0).all(), name
+            assert (p.grad[used_skips:] == 0).all(), name  # rows only the other mode uses
+        else:
+            assert p.grad.abs().sum() > 0, name
+
+
+def test_layer_orders_at_defaults():
+    """layer_orders/encoder_decoder give SPEC §3's virtual layer orders and U-Net splits."""
+    plain, looped = tg.layer_orders(11, 2, 3, 5)
+    assert plain == list(range(11))
+    assert looped == [0, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert tg.encoder_decoder(looped) == ([0, 1, 2, 3, 4, 5, 3, 4], [5, 3, 4, 5, 6, 7, 8, 9, 10])
+    assert tg.encoder_decoder(plain) == ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10])
+    assert tg.layer_orders(11, 0, 3, 5) == (plain, plain)
+
+
+@pytest.mark.parametrize("looping", [False, True])
+def test_model_runs_blocks_in_layer_order(tiny_model, looping):
+    """Forward hooks on model.blocks record exactly the plain/looped order (11 layers, default loop 3-5)."""
+    model = tiny_model(num_layers=11, loop_start=3, loop_end=5, num_loops=2, parallel_residual_start=7,
+                       xsa_last_n=11)
+    model.looping = looping
+    calls = []
+    for i, block in enumerate(model.blocks):
+        block.register_forward_hook(lambda mod, inp, out, i=i: calls.append(i))
+    with torch.no_grad():
+        model(torch.randint(0, 64, (1, 16)), torch.randint(0, 64, (1, 16)))
+    expected = [0, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10] if looping else list(range(11))
+    assert calls == expected
+    assert model.layer_order() == expected
+
+
+def _xsa_loop(y, v):
+    """Plain-loop reference: remove from y[b,t,h] its component along v[b,t,h // G] / |v[b,t,h // G]|."""
+    B, T, H, D = y.shape
+    G = H // v.size(2)
+    out = torch.empty_like(y)
+    for b in range(B):
+        for t in range(T):
+            for h in range(H):
+                u = v[b, t, h // G] / v[b, t, h // G].norm()
+                out[b, t, h] = y[b, t, h] - (y[b, t, h] @ u) * u
+    return out
+
+
+@pytest.mark.parametrize("H,Hkv", [(4, 2), (4, 1), (3, 3), (6, 2)])
+def test_xsa_project_out(H, Hkv):
+    """XSA output is orthogonal to its own KV group's normalised value, idempotent, and matches a loop."""
+    torch.manual_seed(0)
+    B, T, D = 2, 5, 8
+    y = torch.randn(B, T, H, D, dtype=torch.float64)
+    v = torch.randn(B, T, Hkv, D, dtype=torch.float64)
+    out = tg.xsa_project_out(y, v)
+    assert out.shape == y.shape
+    torch.testing.assert_close(out, _xsa_loop(y, v), rtol=1e-12, atol=1e-12)
+    G = H // Hkv
+    vn = v / v.norm(dim=-1, keepdim=True)
+    for h in range(H):
+        along_own = (out[:, :, h] * vn[:, :, h // G]).sum(-1)
+        assert along_own.abs().max() < 1e-12
+    torch.testing.assert_close(tg.xsa_project_out(out, v), out, rtol=1e-12, atol=1e-12)
+    if Hkv > 1:  # another group's value direction is not projected out
+        assert (out[:, :, 0] * vn[:, :, 1]).sum(-1).abs().max() > 1e-3
