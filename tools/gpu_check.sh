@@ -24,14 +24,18 @@ if [ ! -f /tmp/data/manifest.json ]; then
     || { echo "prepare failed"; cat "$R/prepare.log"; exit 1; }
 fi
 export DATA_DIR=/tmp/data PYTHONUNBUFFERED=1
-launch() { if [ "$N" = 1 ]; then python3 train_gpt.py; else torchrun --standalone --nproc_per_node="$N" train_gpt.py; fi; }
+REPO=$PWD W=/tmp/work  # runs write logs/ and final_model.* in W, outside the (re-synced) checkout
+mkdir -p "$W" && cd "$W"
+launch() {
+  if [ "$N" = 1 ]; then python3 "$REPO/train_gpt.py"; else torchrun --standalone --nproc_per_node="$N" "$REPO/train_gpt.py"; fi
+}
 for step in ${GPU_CHECK_STEPS:-pipeline legal}; do
   case $step in
     pipeline)
       RUN_ID=gpu${N}_pipeline MAX_WALLCLOCK_SECONDS=132 PREQUANT_TTT_EPOCHS=3 TRAIN_LOG_EVERY=10 \
         launch > "$R/gpu${N}_pipeline.out" 2>&1 ;;
     legal)
-      RUN_ID=gpu${N}_legal RESUME_CHECKPOINT=final_model.pt LEGAL=1 launch > "$R/gpu${N}_legal.out" 2>&1 ;;
+      RUN_ID=gpu${N}_legal RESUME_CHECKPOINT=$W/final_model.pt LEGAL=1 launch > "$R/gpu${N}_legal.out" 2>&1 ;;
   esac
   echo "$step rc=$?" >> "$R/status.txt"
 done
