@@ -1038,8 +1038,8 @@ def gptq_quantize(w: Tensor, H: Tensor, bits: int, clip_sigmas: float, block: in
                 note = "ok" if attempt == 0 else f"damping_x{10**attempt}"
                 break
             U = None
-    if U is None or not torch.isfinite(W).all():
-        return quantize_rtn(w, scale16, bits), scale16, note
+    if U is None or not torch.isfinite(W).all():  # round the dead-zeroed weights, back in column order
+        return quantize_rtn(W[:, torch.argsort(perm)], scale16, bits), scale16, "rtn_fallback"
     Q = torch.zeros_like(W, dtype=torch.int8)
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
@@ -1245,8 +1245,8 @@ def fit_to_limit(qstate: dict[str, Tensor], hessians: dict[str, Tensor], limit: 
             break
         rate = max(1e-4, (size0 - len(blob)) / k)
         k = min(n, k + math.ceil(1.05 * (len(blob) - limit) / rate))
-    raise RuntimeError(f"ARTIFACT_LIMIT={limit}: the compressed model cannot be brought under the limit "
-                       f"({len(blob)} bytes with {k} codes zeroed)")
+    raise RuntimeError(f"ARTIFACT_LIMIT: the compressed model cannot be brought under the {limit} bytes the limit "
+                       f"leaves beside the counted code ({len(blob)} bytes with {k} codes zeroed)")
 
 
 def save_checkpoint(model: GPT, path: str, stage: str, d: Dist) -> None:
@@ -1341,7 +1341,7 @@ def score_first_ttt(h, model: GPT, nll_fn, compiled, val: ValData, d: Dist, log)
         if c == len(chunks) - 1 or h.ttt_epochs == 0:
             continue
         for group in opt.param_groups:
-            group["lr"] = h.ttt_lr * 0.5 * (1 + math.cos(math.pi * c / max(1, len(chunks) - 2)))
+            group["lr"] = h.ttt_lr * 0.5 * (1 + math.cos(math.pi * c / (len(chunks) - 1)))
         seqs = val.tokens[c * C : (c + 1) * C + 1].long()  # chunk c's targets are tokens c*C+1 .. (c+1)*C
         x, y = seqs[:-1].view(-1, L), seqs[1:].view(-1, L)
         x, y = x[d.rank :: d.world_size], y[d.rank :: d.world_size]

@@ -1,0 +1,42 @@
+"""Writes the self-extracting record copy of train_gpt.py (the form whose bytes count toward the artifact).
+
+    python tools/pack.py RECORD_DIR            # writes RECORD_DIR/train_gpt.py
+    python tools/pack.py RECORD_DIR --source other/train_gpt.py
+
+The packed file is train_gpt's own pack_source(): the minified program (no comments or docstrings), raw LZMA2,
+base85, inside an `exec` wrapper. It runs exactly like the source and counts itself as it is.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import train_gpt  # noqa: E402  (importing it has no side effects)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out_dir", type=Path, help="record folder to write train_gpt.py into")
+    ap.add_argument("--source", type=Path, default=ROOT / "train_gpt.py", help="script to pack")
+    args = ap.parse_args(argv)
+    source = args.source.read_text(encoding="utf-8")
+    if source.startswith(train_gpt.PACK_PREFIX):
+        ap.error(f"{args.source} is already packed")
+    packed = train_gpt.pack_source(source)
+    compile(packed, "packed", "exec")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / "train_gpt.py"
+    if out.resolve() == args.source.resolve():
+        ap.error("refusing to overwrite the source with its packed form")
+    out.write_text(packed, encoding="utf-8")
+    src_bytes, counted = train_gpt.code_bytes(out)
+    print(f"{out}: {counted} bytes counted (minified program {src_bytes} bytes, source {len(source.encode())} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
