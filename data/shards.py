@@ -1,9 +1,10 @@
-"""Token shard files and the dataset folder layout (numpy only).
+"""Token shard files and the dataset folder layout.
 
 A shard is a 256-int32 little-endian header ([0] = 20240520, [1] = 1, [2] = n_tokens, the rest 0) followed
 by n_tokens little-endian uint16 values; the file is exactly 1024 + 2 * n_tokens bytes. Validation byte
-sidecars (fineweb_val_bytes_*.bin) use the same format, one byte count per validation token. Reading is
-as strict as train_gpt.load_data_shard: any deviation raises ValueError naming the file.
+sidecars (fineweb_val_bytes_*.bin) use the same format, one byte count per validation token. Reading goes
+through train_gpt's own checked reader (read_shard_header), so the data tools and training agree exactly:
+any deviation raises ValueError naming the file.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-SHARD_MAGIC = 20240520
-SHARD_VERSION = 1
-HEADER_INTS = 256
-HEADER_BYTES = 4 * HEADER_INTS
+from train_gpt import HEADER_BYTES, SHARD_MAGIC, SHARD_VERSION, map_data_shard
+from train_gpt import read_shard_header as read_header
+
+HEADER_INTS = HEADER_BYTES // 4
 DEFAULT_SHARD_TOKENS = 10_000_000
 
 DATASET_SUBDIR = Path("datasets") / "fineweb10B_sp8192"
@@ -48,30 +49,11 @@ def list_shards(dataset_dir, kind: str) -> list[Path]:
     return sorted(p for p in root.iterdir() if pattern.fullmatch(p.name))
 
 
-def read_header(path) -> int:
-    """Checks a shard's header and exact size; returns its token count."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: shard file not found")
-    size = path.stat().st_size
-    if size < HEADER_BYTES:
-        raise ValueError(f"{path}: {size} bytes, shorter than the {HEADER_BYTES}-byte shard header")
-    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
-    if int(header[0]) != SHARD_MAGIC or int(header[1]) != SHARD_VERSION:
-        raise ValueError(f"{path}: header magic/version {int(header[0])}/{int(header[1])}, "
-                         f"expected {SHARD_MAGIC}/{SHARD_VERSION}")
-    n = int(header[2])
-    if n < 0 or size != HEADER_BYTES + 2 * n:
-        raise ValueError(f"{path}: {size} bytes, but the header says {n} tokens, "
-                         f"i.e. {HEADER_BYTES + 2 * n} bytes")
-    return n
-
-
 def read_shard(path, mmap: bool = True) -> np.ndarray:
     """The uint16 payload of a checked shard (memory-mapped read-only unless mmap=False)."""
     n = read_header(path)
     if mmap and n:
-        return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(n,))
+        return map_data_shard(path)
     return np.fromfile(path, dtype="<u2", count=n, offset=HEADER_BYTES)
 
 
