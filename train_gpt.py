@@ -776,28 +776,29 @@ def autocast_context(device: torch.device):
 # Training: compile warm-up with restore, wallclock-driven schedules, EMA, agreed stop.
 
 
-class StopVote:
-    """Wallclock stop that every rank agrees on without a per-step host sync: each step casts a vote
-    (all-reduced MAX) and acts on the previous step's result, whose copy to the host is done by then."""
+class AgreedClock:
+    """Training time that every rank agrees on, without a per-step host sync: each step all-reduces (MAX) this
+    rank's elapsed milliseconds and reads back the previous step's result, whose copy to the host is done by
+    then. Schedules, the recurrence switch and the stop all use it, so ranks never disagree on them."""
 
     def __init__(self, device: torch.device):
-        self.device, self.pending = device, None
+        self.device, self.pending, self.value = device, None, 0.0
 
-    def stop(self, over_budget: bool) -> bool:
+    def update(self, elapsed_ms: float) -> float:
         previous = self.pending
-        vote = all_reduce_(torch.tensor([float(over_budget)], device=self.device), dist.ReduceOp.MAX)
+        t = all_reduce_(torch.tensor([elapsed_ms], dtype=torch.float64, device=self.device), dist.ReduceOp.MAX)
         if self.device.type == "cuda":
-            host = torch.empty(1, pin_memory=True).copy_(vote, non_blocking=True)
+            host = torch.empty(1, dtype=torch.float64, pin_memory=True).copy_(t, non_blocking=True)
             done = torch.cuda.Event()
             done.record()
             self.pending = (host, done)
         else:
-            self.pending = (vote, None)
-        if previous is None:
-            return False
-        if previous[1] is not None:
-            previous[1].synchronize()
-        return previous[0].item() > 0
+            self.pending = (t, None)
+        if previous is not None:
+            if previous[1] is not None:
+                previous[1].synchronize()
+            self.value = previous[0].item()
+        return self.value
 
 
 def train(h, model: GPT, compiled, nll_fn, d: Dist, log, val: ValData) -> tuple[EMA, int, float]:
@@ -855,7 +856,7 @@ def train(h, model: GPT, compiled, nll_fn, d: Dist, log, val: ValData) -> tuple[
     ema = EMA(model)
     train_ms, step, stop_after = 0.0, 0, None
     last_log, loop_switch = (0, 0.0), None  # (step, train ms) at the last log line / recurrence switch
-    votes = StopVote(d.device)
+    clock = AgreedClock(d.device)
     synchronize(d.device)
     t0 = time.perf_counter()
     while True:
@@ -869,23 +870,27 @@ def train(h, model: GPT, compiled, nll_fn, d: Dist, log, val: ValData) -> tuple[
             t0 = time.perf_counter()
         if last_step:
             break
-        elapsed = train_ms + 1000 * (time.perf_counter() - t0)
-        if not model.looping and h.num_loops > 0 and progress_of(step, elapsed) >= h.enable_looping_at:
+        agreed = clock.update(train_ms + 1000 * (time.perf_counter() - t0))
+        if budget_ms > 0 and agreed >= budget_ms:
+            stop_after = step
+            log(f"stopping_early: wallclock_cap train_time: {agreed:.0f}ms step: {step}/{h.iterations}")
+            continue
+        progress = progress_of(step, agreed)
+        if not model.looping and h.num_loops > 0 and progress >= h.enable_looping_at:
             model.looping = True
-            loop_switch = (step, elapsed)
-            log(f"recurrence:on step:{step} train_time:{elapsed:.0f}ms layers:{','.join(map(str, model.layer_order()))}")
-        loss = train_step(loader, step, lr_multiplier(progress_of(step, elapsed), h.warmdown_frac))
+            loop_switch = (step, train_ms + 1000 * (time.perf_counter() - t0))
+            log(f"recurrence:on step:{step} train_time:{loop_switch[1]:.0f}ms "
+                f"layers:{','.join(map(str, model.layer_order()))}")
+        loss = train_step(loader, step, lr_multiplier(progress, h.warmdown_frac))
         ema.update(step, h.ema_decay)
         step += 1
-        elapsed = train_ms + 1000 * (time.perf_counter() - t0)
         if step <= 5 or step % h.train_log_every == 0:
+            loss_value = loss.item()  # waits for the step, so the logged time covers finished work
+            elapsed = train_ms + 1000 * (time.perf_counter() - t0)
             tps = (step - last_log[0]) * h.train_batch_tokens / max(1e-9, (elapsed - last_log[1]) / 1000)
-            log(f"{step}/{h.iterations} train_loss: {loss.item():.4f} train_time: {elapsed / 60000:.2f}m "
+            log(f"{step}/{h.iterations} train_loss: {loss_value:.4f} train_time: {elapsed / 60000:.2f}m "
                 f"step_avg: {elapsed / step:.2f}ms tok/s: {tps:.0f}")
             last_log = (step, elapsed)
-        if stop_after is None and budget_ms > 0 and votes.stop(elapsed >= budget_ms):
-            stop_after = step
-            log(f"stopping_early: wallclock_cap train_time: {elapsed:.0f}ms step: {step}/{h.iterations}")
     phases = [(0, 0.0), loop_switch or (step, train_ms), (step, train_ms)]
     for looping in (0, 1):
         n, ms = phases[looping + 1][0] - phases[looping][0], phases[looping + 1][1] - phases[looping][1]

@@ -144,3 +144,11 @@ def test_ema_matches_closed_form():
     ema.copy_to(model)
     for p, s in zip(model.parameters(), ema.shadow):
         assert torch.equal(p.detach(), s)
+
+
+def test_agreed_clock_reports_previous_step_value():
+    """AgreedClock returns the (all-reduced) elapsed time cast one step earlier, 0 before any."""
+    clock = tg.AgreedClock(torch.device("cpu"))
+    assert clock.update(10.0) == 0.0
+    assert clock.update(25.0) == 10.0
+    assert clock.update(40.0) == 25.0
