@@ -776,6 +776,31 @@ def autocast_context(device: torch.device):
 # Training: compile warm-up with restore, wallclock-driven schedules, EMA, agreed stop.
 
 
+def train_step(h, model: GPT, compiled, optimizers, loader, d: Dist, step: int, lr_mult: float) -> Tensor:
+    """One optimizer step over grad_accum_steps micro-batches; returns the mean loss (a device tensor)."""
+    muon, adam = optimizers
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * lr_mult
+    for group in muon.param_groups:
+        group["momentum"] = muon_momentum(step, h)
+    params = list(model.parameters())
+    total = torch.zeros((), device=d.device)
+    for _ in range(d.grad_accum_steps):
+        x, y = loader.next_batch()
+        with autocast_context(d.device):
+            loss = compiled(x, y)
+        (loss / d.grad_accum_steps).backward()
+        total += loss.detach()
+    sync_grads(params, 1.0 / d.world_size)
+    if h.grad_clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, h.grad_clip_norm)
+    muon.step()
+    adam.step()
+    model.zero_grad(set_to_none=True)
+    return total / d.grad_accum_steps
+
+
 class AgreedClock:
     """Training time that every rank agrees on, without a per-step host sync: each step all-reduces (MAX) this
     rank's elapsed milliseconds and reads back the previous step's result, whose copy to the host is done by
@@ -804,7 +829,6 @@ class AgreedClock:
 def train(h, model: GPT, compiled, nll_fn, d: Dist, log, val: ValData) -> tuple[EMA, int, float]:
     """Trains in place; returns (EMA, steps, training ms)."""
     muon, adam = build_optimizers(h, model, d)
-    params = list(model.parameters())
     local_seqs = h.train_batch_tokens // (d.world_size * d.grad_accum_steps * h.train_seq_len)
     files = dataset_files(h.data_dir, h.vocab_size, "train")
 
@@ -816,27 +840,6 @@ def train(h, model: GPT, compiled, nll_fn, d: Dist, log, val: ValData) -> tuple[
     def progress_of(step: int, elapsed_ms: float) -> float:
         return elapsed_ms / budget_ms if budget_ms > 0 else step / h.iterations
 
-    def train_step(loader, step: int, mult: float) -> Tensor:
-        for opt in (muon, adam):
-            for group in opt.param_groups:
-                group["lr"] = group["base_lr"] * mult
-        for group in muon.param_groups:
-            group["momentum"] = muon_momentum(step, h)
-        total = torch.zeros((), device=d.device)
-        for _ in range(d.grad_accum_steps):
-            x, y = loader.next_batch()
-            with autocast_context(d.device):
-                loss = compiled(x, y)
-            (loss / d.grad_accum_steps).backward()
-            total += loss.detach()
-        sync_grads(params, 1.0 / d.world_size)
-        if h.grad_clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, h.grad_clip_norm)
-        muon.step()
-        adam.step()
-        model.zero_grad(set_to_none=True)
-        return total / d.grad_accum_steps
-
     if h.warmup_steps > 0:  # compile both graphs, then restore so warm-up costs no training progress
         init_state = copy.deepcopy(model.state_dict())
         opt_states = [copy.deepcopy(o.state_dict()) for o in (muon, adam)]
@@ -845,7 +848,7 @@ def train(h, model: GPT, compiled, nll_fn, d: Dist, log, val: ValData) -> tuple[
         for looping in (False, True):
             model.looping = looping
             for _ in range(h.warmup_steps):
-                train_step(loader, 0, 1.0)
+                train_step(h, model, compiled, (muon, adam), loader, d, 0, 1.0)
         synchronize(d.device)
         model.load_state_dict(init_state)
         for o, s in zip((muon, adam), opt_states):
@@ -881,7 +884,7 @@ def train(h, model: GPT, compiled, nll_fn, d: Dist, log, val: ValData) -> tuple[
             loop_switch = (step, train_ms + 1000 * (time.perf_counter() - t0))
             log(f"recurrence:on step:{step} train_time:{loop_switch[1]:.0f}ms "
                 f"layers:{','.join(map(str, model.layer_order()))}")
-        loss = train_step(loader, step, lr_multiplier(progress, h.warmdown_frac))
+        loss = train_step(h, model, compiled, (muon, adam), loader, d, step, lr_multiplier(progress, h.warmdown_frac))
         ema.update(step, h.ema_decay)
         step += 1
         if step <= 5 or step % h.train_log_every == 0:
