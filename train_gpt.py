@@ -177,8 +177,7 @@ def validate_hyperparameters(h: SimpleNamespace) -> None:
     for name, seq in (("prequant_ttt_chunk_tokens", h.train_seq_len), ("ttt_chunk_tokens", h.eval_seq_len)):
         value = getattr(h, name)
         _require(value > 0 and value % seq == 0, name.upper(), value, f"a positive multiple of {seq}")
-    for name in ("prequant_ttt_epochs", "ttt_epochs", "gptq_calibration_batches", "prequant_ttt_freeze_blocks",
-                 "ttt_freeze_blocks"):
+    for name in ("prequant_ttt_epochs", "ttt_epochs", "prequant_ttt_freeze_blocks", "ttt_freeze_blocks"):
         _require(getattr(h, name) >= 0, name.upper(), getattr(h, name), ">= 0")
     _require(h.ttt_batch_seqs > 0, "TTT_BATCH_SEQS", h.ttt_batch_seqs, "> 0")
     for name in ("matrix_bits", "embed_bits"):
@@ -968,7 +967,7 @@ def prequant_ttt(h, model: GPT, compiled, val: ValData, d: Dist, log) -> None:
 # Quantization and packing (SPEC §6): GPTQ int6 matrices / int8 embedding on the GPU split across ranks,
 # a pickle-free tensor format, byte shuffle + Brotli, the counted self-extracting code, a hard size limit.
 
-def collect_hessians(h, model: GPT, d: Dist, log) -> dict[str, Tensor]:
+def collect_hessians(h, model: GPT, d: Dist) -> dict[str, Tensor]:
     """H = mean over calibration tokens of x^T x for each quantized matrix's input (q/k/v share one), and of
     the final-norm output for the tied embedding. Batches are split across ranks and summed."""
     hess: dict[str, Tensor] = {}
@@ -1388,6 +1387,9 @@ def check_inputs(h, d: Dist):
             import brotli  # noqa: F401
         except ImportError:
             raise ImportError("COMPRESSOR=brotli but the brotli package is not installed (pip install brotli)") from None
+    if h.gptq_calibration_batches < d.world_size:
+        raise ValueError(f"GPTQ_CALIBRATION_BATCHES={h.gptq_calibration_batches}: expected at least one batch per rank "
+                         f"(WORLD_SIZE={d.world_size})")
     if h.resume_checkpoint and not Path(h.resume_checkpoint).is_file():
         raise FileNotFoundError(f"RESUME_CHECKPOINT={h.resume_checkpoint}: file not found")
     sp = load_tokenizer(h.tokenizer_path, h.vocab_size)
@@ -1454,7 +1456,7 @@ def main() -> None:
     if stage == "post_ttt":
         timed_eval("post-ttt", h.eval_seq_len, tag)
     t0 = time.perf_counter()
-    hessians = collect_hessians(h, model, d, log)
+    hessians = collect_hessians(h, model, d)
     synchronize(d.device)
     log(f"gptq_hessians:{len(hessians)} batches:{h.gptq_calibration_batches} time:{1000 * (time.perf_counter() - t0):.0f}ms")
     t0 = time.perf_counter()

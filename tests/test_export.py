@@ -401,7 +401,7 @@ def calibrated(tiny_h, tiny_model, tiny_data):
     h = tiny_h(data_dir=str(tiny_data), gptq_calibration_batches=2)
     model = tiny_model(seed=2)
     logs = []
-    hessians = tg.collect_hessians(h, model, cpu_dist(), logs.append)
+    hessians = tg.collect_hessians(h, model, cpu_dist())
     assert set(hessians) == set(hand_hessians(model))
     return tg.quantize_state(h, model, hessians, cpu_dist(), logs.append), hessians
 

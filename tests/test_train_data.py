@@ -351,3 +351,14 @@ def test_luts_with_byte_fallback_tokenizer():
     got = tg.target_bytes(tokens, torch.arange(1, len(ids)), None, (base, lead, boundary))
     assert got.tolist() == lut_bytes_by_hand(sp, ids)
     assert got.sum().item() == len(doc.encode("utf-8"))
+
+
+def test_too_few_calibration_batches_for_the_ranks(clean_env, tiny_data):
+    """GPTQ_CALIBRATION_BATCHES below the world size fails at start, naming the variable."""
+    for k, v in {"DATA_DIR": str(tiny_data), "VOCAB_SIZE": "64", "GPTQ_CALIBRATION_BATCHES": "1",
+                 "TRAIN_SEQ_LEN": "64", "EVAL_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "4096"}.items():
+        clean_env.setenv(k, v)
+    h = tg.read_hyperparameters()
+    d = tg.Dist(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), is_main=True, grad_accum_steps=4)
+    with pytest.raises(ValueError, match="GPTQ_CALIBRATION_BATCHES=1"):
+        tg.check_inputs(h, d)
