@@ -5,7 +5,9 @@ byte-sidecar BPB (standard and sliding window). Everything is configured by envi
 (see read_hyperparameters); all of them are logged at start.
 
 Launch:
-    torchrun --standalone --nproc_per_node=8 train_gpt.py     # the record run (N = 1, 2, 4, 8)
+    torchrun --standalone --nproc_per_node=8 train_gpt.py     # the seed's stack (N = 1, 2, 4, 8)
+    LEGAL=1 torchrun --standalone --nproc_per_node=8 train_gpt.py   # leaderboard-valid: score-first TTT
+    RESUME_CHECKPOINT=final_model.pt torchrun ...             # skip training after a crash
     python train_gpt.py                                       # one process, GPU or CPU
 Tiny CPU run of the real code path (no CUDA, no compile, float32):
     DATA_DIR=/tmp/tiny VOCAB_SIZE=64 NUM_LAYERS=2 MODEL_DIM=64 NUM_HEADS=2 NUM_KV_HEADS=1 \
