@@ -19,9 +19,7 @@ sys.path.insert(0, str(REPO))
 from data import caseops  # noqa: E402
 from data.caseops import ALLCAPS, CAPNEXT, ESC, TITLE  # noqa: E402
 
-SHARED = REPO.parent / "shared"
-TOKENIZER = SHARED / "tokenizers" / "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"
-FINEWEB = SHARED / "corpus" / "fineweb_sample.jsonl.gz"
+from shared_paths import FINEWEB, TOKENIZER  # noqa: E402
 needs_tokenizer = pytest.mark.skipif(not TOKENIZER.is_file(), reason=f"{TOKENIZER} not present")
 
 

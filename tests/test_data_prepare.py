@@ -17,9 +17,7 @@ sys.path.insert(0, str(REPO))
 
 from data import caseops, prepare_caseops, shards, verify  # noqa: E402
 
-SHARED = REPO.parent / "shared"
-TOKENIZER = SHARED / "tokenizers" / "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"
-FINEWEB = SHARED / "corpus" / "fineweb_sample.jsonl.gz"
+from shared_paths import FINEWEB, TOKENIZER  # noqa: E402
 pytestmark = pytest.mark.skipif(not TOKENIZER.is_file(), reason=f"{TOKENIZER} not present")
 
 N_DOCS, VAL_DOCS, SHARD_TOKENS = 24, 8, 5000
