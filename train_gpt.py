@@ -1412,6 +1412,8 @@ def main() -> None:
     log(f"val_tokens:{val.tokens.numel() - 1} byte_sidecar:{val.sidecar is not None}")
     source_bytes, counted_code = code_bytes(__file__)
     log(f"code_bytes source:{source_bytes} counted:{counted_code}")
+    if counted_code >= h.artifact_limit:
+        raise ValueError(f"ARTIFACT_LIMIT={h.artifact_limit}: the counted code alone is {counted_code} bytes")
     torch.manual_seed(h.seed)
     np.random.seed(h.seed)
     if d.device.type == "cuda":
@@ -1463,16 +1465,26 @@ def main() -> None:
     synchronize(d.device)
     log(f"gptq_quantize_time:{1000 * (time.perf_counter() - t0):.0f}ms")
     artifact = Path("final_model.int6.ptz")
+    written = torch.ones(1, device=d.device)
     if d.is_main:
         t0 = time.perf_counter()
-        blob, zeroed = fit_to_limit(qstate, hessians, h.artifact_limit - counted_code, h.compressor, log)
+        artifact.unlink(missing_ok=True)  # an old artifact must never stand in for this run's
+        try:
+            blob, zeroed = fit_to_limit(qstate, hessians, h.artifact_limit - counted_code, h.compressor, log)
+        except RuntimeError:
+            written.zero_()
+            if dist.is_initialized():
+                dist.broadcast(written, 0)
+            raise
         artifact.write_bytes(blob)
         log(f"Serialized model quantized+{h.compressor}: {len(blob)} bytes time:{1000 * (time.perf_counter() - t0):.0f}ms")
         log(f"Code size: {source_bytes} bytes source, {counted_code} bytes counted (packed)")
         log(f"Total submission size quantized+{h.compressor}: {len(blob) + counted_code} bytes "
             f"limit:{h.artifact_limit} zeroed_codes:{zeroed}")
     if dist.is_initialized():
-        dist.barrier()
+        dist.broadcast(written, 0)  # the other ranks wait here while rank 0 packs
+        if written.item() == 0:
+            raise RuntimeError("rank 0 could not bring the artifact under ARTIFACT_LIMIT (see its log)")
     del qstate, hessians
     state = dequantize_state(unpack_state(artifact.read_bytes()))
     model.load_state_dict({k: v.to(d.device) for k, v in state.items()})

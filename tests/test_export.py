@@ -670,3 +670,16 @@ def test_packed_script_runs_the_export_path_like_the_source(e2e, packed_path, tm
     pattern = rf"^(quantized(?:_sliding_window)? val_loss:{NUM} val_bpb:{NUM}) "
     assert re.findall(pattern, text, re.M) == re.findall(pattern, base, re.M)
     assert one(r"^(final_score .*)$", text) == one(r"^(final_score .*)$", base)
+
+
+def test_limit_below_the_code_fails_before_training(clean_env, tiny_data, tmp_path, monkeypatch):
+    """ARTIFACT_LIMIT under the counted code bytes stops the run at start, before any training step."""
+    monkeypatch.chdir(tmp_path)
+    for k, v in {"DATA_DIR": str(tiny_data), "VOCAB_SIZE": "64", "TRAIN_SEQ_LEN": "64", "EVAL_SEQ_LEN": "64",
+                 "TRAIN_BATCH_TOKENS": "4096", "PREQUANT_TTT_CHUNK_TOKENS": "1024", "ARTIFACT_LIMIT": "1000",
+                 "RUN_ID": "tiny_limit", "NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "2",
+                 "NUM_KV_HEADS": "1", "LOOP_START": "0", "LOOP_END": "1", "XSA_LAST_N": "2"}.items():
+        clean_env.setenv(k, v)
+    with pytest.raises(ValueError, match="ARTIFACT_LIMIT=1000: the counted code alone"):
+        tg.main()
+    assert "train_loss" not in (tmp_path / "logs" / "tiny_limit.txt").read_text()
