@@ -752,6 +752,15 @@ def all_reduce_flat_(tensors: list[Tensor], scale: float = 1.0) -> None:
         offset += t.numel()
 
 
+def ranks_agree(tensors: list[Tensor]) -> bool:
+    """True when every rank holds bitwise the same tensors (compared through float64 checksums)."""
+    sums = torch.stack([torch.stack((t.double().sum(), t.double().square().sum())) for t in tensors]).flatten()
+    lo, hi = sums.clone(), sums.clone()
+    all_reduce_(lo, dist.ReduceOp.MIN)
+    all_reduce_(hi, dist.ReduceOp.MAX)
+    return bool(torch.equal(lo, hi))
+
+
 def sync_grads(params: list[Tensor], scale: float) -> None:
     """Sums gradients across ranks times `scale` (parameters unused this step count as zero)."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -1430,6 +1439,8 @@ def main() -> None:
     else:
         ema, _, _ = train(h, model, compiled, nll_fn, d, log, val)
         ema.copy_to(model)
+        if d.world_size > 1:
+            log(f"ranks_agree:{int(ranks_agree(list(model.parameters())))}")
         stage = "post_ema"
         save_checkpoint(model, "final_model.pt", stage, d)
     eval_t0 = time.perf_counter()  # everything from here on is the evaluation phase the rules time
