@@ -786,6 +786,44 @@ def autocast_context(device: torch.device):
 # Training: compile warm-up with restore, wallclock-driven schedules, EMA, agreed stop.
 
 
+def chunk_sequences(tokens: Tensor, c: int, chunk_tokens: int, seq_len: int) -> tuple[Tensor, Tensor]:
+    """Inputs and targets of chunk c as (chunk_tokens / seq_len, seq_len) views: the targets are tokens
+    c*chunk_tokens+1 .. (c+1)*chunk_tokens, i.e. exactly the chunk's target indices."""
+    seq = tokens[c * chunk_tokens : (c + 1) * chunk_tokens + 1].long()
+    return seq[:-1].view(-1, seq_len), seq[1:].view(-1, seq_len)
+
+
+def warm_up_eval_graphs(h, model: GPT, compiled, nll_fn, d: Dist) -> None:
+    """Compiles, before the clock starts, the graphs the evaluation phase will need (scoring at both window
+    widths, the TTT steps at their batch shapes), on random tokens: no data is seen and no weight changes."""
+    gen = torch.Generator().manual_seed(0)
+
+    def tokens(*shape: int) -> Tensor:
+        return torch.randint(h.vocab_size, shape, generator=gen).to(d.device)
+
+    model.looping = h.num_loops > 0
+    L = h.eval_seq_len
+    with torch.no_grad(), autocast_context(d.device):
+        for last in {L, h.eval_stride}:
+            seq = tokens(eval_rows(h, d, last), L + 1)  # as score_windows builds its batches
+            nll_fn(seq[:, :-1], seq[:, 1:], last)
+    batches = []  # (frozen blocks, frozen embedding, inputs, targets) shaped and strided as the TTT loops make them
+    if h.prequant_ttt_enabled and h.prequant_ttt_epochs > 0:
+        x, y = chunk_sequences(tokens(h.prequant_ttt_chunk_tokens + 1), 0, h.prequant_ttt_chunk_tokens, h.train_seq_len)
+        batches.append((h.prequant_ttt_freeze_blocks, True, x, y))
+    if h.ttt_enabled and h.ttt_epochs > 0:
+        x, y = chunk_sequences(tokens(h.ttt_chunk_tokens + 1), 0, h.ttt_chunk_tokens, L)
+        b = h.ttt_batch_seqs
+        batches.append((h.ttt_freeze_blocks, False, x[d.rank :: d.world_size][:b], y[d.rank :: d.world_size][:b]))
+    for freeze_blocks, freeze_embedding, x, y in batches:
+        freeze_for_ttt(model, freeze_blocks, freeze_embedding)
+        with autocast_context(d.device):
+            compiled(x, y).backward()
+        model.zero_grad(set_to_none=True)
+    freeze_for_ttt(model, 0, freeze_embedding=False)
+    model.looping = False
+
+
 def train_step(h, model: GPT, compiled, optimizers, loader, d: Dist, step: int, lr_mult: float) -> Tensor:
     """One optimizer step over grad_accum_steps micro-batches; returns the mean loss (a device tensor)."""
     muon, adam = optimizers
@@ -859,6 +897,7 @@ def train(h, model: GPT, compiled, nll_fn, d: Dist, log, val: ValData) -> tuple[
             model.looping = looping
             for _ in range(h.warmup_steps):
                 train_step(h, model, compiled, (muon, adam), loader, d, 0, 1.0)
+        warm_up_eval_graphs(h, model, compiled, nll_fn, d)
         synchronize(d.device)
         model.load_state_dict(init_state)
         for o, s in zip((muon, adam), opt_states):
@@ -958,9 +997,8 @@ def prequant_ttt(h, model: GPT, compiled, val: ValData, d: Dist, log) -> None:
             group["lr"] = lr
         total = torch.zeros((), device=d.device)
         for c in mine:
-            seq = val.tokens[c * C : c * C + C + 1].long()
             with autocast_context(d.device):
-                loss = compiled(seq[:-1].view(-1, L), seq[1:].view(-1, L))
+                loss = compiled(*chunk_sequences(val.tokens, c, C, L))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, h.prequant_ttt_grad_clip)
             opt.step()
@@ -1287,6 +1325,11 @@ def window_plan(n_targets: int, seq_len: int, stride: int) -> list[tuple[int, in
     return [(s, s if s == 0 else s + seq_len - stride, min(s + seq_len, n_targets)) for s in starts]
 
 
+def eval_rows(h, d: Dist, last: int) -> int:
+    """Windows per evaluation call: VAL_BATCH_TOKENS split over the ranks, and at most 64K rows of fp32 logits."""
+    return max(1, min(h.val_batch_tokens // (h.eval_seq_len * d.world_size), 65536 // last))
+
+
 @torch.no_grad()
 def score_windows(h, nll_fn, val: ValData, windows: list[tuple[int, int, int]], stride: int, d: Dist) -> Tensor:
     """This rank's (sum NLL, targets, bytes) over `windows`; every window is padded to EVAL_SEQ_LEN and
@@ -1294,7 +1337,6 @@ def score_windows(h, nll_fn, val: ValData, windows: list[tuple[int, int, int]], 
     L, tokens = h.eval_seq_len, val.tokens
     n_targets = tokens.numel() - 1
     stats = torch.zeros(3, dtype=torch.float64, device=tokens.device)
-    batch = max(1, h.val_batch_tokens // (L * d.world_size))
     arange = torch.arange(L + 1, device=tokens.device)
 
     def score(chunk, last):
@@ -1312,7 +1354,7 @@ def score_windows(h, nll_fn, val: ValData, windows: list[tuple[int, int, int]], 
     wide = [w for w in windows if w[1] < w[0] + L - stride]
     narrow = [w for w in windows if w[1] >= w[0] + L - stride]
     for group, last in ((wide, L), (narrow, stride)):
-        rows = max(1, min(batch, 65536 // last))  # bounds one call's fp32 logits to 64K rows
+        rows = eval_rows(h, d, last)
         for i in range(0, len(group), rows):
             chunk = group[i : i + rows]
             score(chunk + [(chunk[-1][0], 0, 0)] * (rows - len(chunk)), last)
@@ -1357,11 +1399,9 @@ def score_first_ttt(h, model: GPT, nll_fn, compiled, val: ValData, d: Dist, log)
             continue
         for group in opt.param_groups:
             group["lr"] = h.ttt_lr * 0.5 * (1 + math.cos(math.pi * c / (len(chunks) - 1)))
-        seqs = val.tokens[c * C : (c + 1) * C + 1].long()  # chunk c's targets are tokens c*C+1 .. (c+1)*C
-        x, y = seqs[:-1].view(-1, L), seqs[1:].view(-1, L)
+        x, y = chunk_sequences(val.tokens, c, C, L)  # only chunk c's own (already scored) targets
+        n_global, steps = y.numel(), math.ceil(math.ceil(len(y) / d.world_size) / h.ttt_batch_seqs)  # same on all ranks
         x, y = x[d.rank :: d.world_size], y[d.rank :: d.world_size]
-        n_global = seqs.numel() - 1
-        steps = math.ceil(math.ceil(len(seqs) // L / d.world_size) / h.ttt_batch_seqs)  # same on every rank
         for _ in range(h.ttt_epochs):
             for i in range(steps):
                 xb, yb = x[i * h.ttt_batch_seqs : (i + 1) * h.ttt_batch_seqs], y[i * h.ttt_batch_seqs : (i + 1) * h.ttt_batch_seqs]

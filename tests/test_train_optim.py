@@ -152,3 +152,15 @@ def test_agreed_clock_reports_previous_step_value():
     assert clock.update(10.0) == 0.0
     assert clock.update(25.0) == 10.0
     assert clock.update(40.0) == 25.0
+
+
+def test_warm_up_eval_graphs_changes_nothing(tiny_h, tiny_model):
+    """The evaluation-graph warm-up leaves weights, requires_grad, gradients and the looping flag as they were."""
+    h = tiny_h(ttt_enabled=True, prequant_ttt_chunk_tokens=128, ttt_chunk_tokens=128)
+    model = tiny_model(seed=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    d = tg.Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True, grad_accum_steps=8)
+    tg.warm_up_eval_graphs(h, model, model, model.token_nll, d)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+    assert model.looping is False
