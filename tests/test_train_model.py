@@ -101,3 +101,14 @@ def test_xsa_project_out(H, Hkv):
     torch.testing.assert_close(tg.xsa_project_out(out, v), out, rtol=1e-12, atol=1e-12)
     if Hkv > 1:  # another group's value direction is not projected out
         assert (out[:, :, 0] * vn[:, :, 1]).sum(-1).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("looping", [False, True])
+def test_model_traces_as_one_graph(tiny_model, looping):
+    """torch.compile sees the training forward and the scoring function as single graphs (no graph breaks)."""
+    model = tiny_model(seed=4)
+    model.looping = looping
+    x, y = torch.randint(0, 64, (2, 64)), torch.randint(0, 64, (2, 64))
+    for fn, args in ((model, (x, y)), (model.token_nll, (x, y, 16))):
+        explained = torch._dynamo.explain(fn)(*args)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
