@@ -171,7 +171,8 @@ def validate_hyperparameters(h: SimpleNamespace) -> None:
     _require(h.max_wallclock_seconds >= 0, "MAX_WALLCLOCK_SECONDS", h.max_wallclock_seconds, ">= 0 (0 = no cap)")
     _require(h.max_wallclock_seconds == 0 or 0 <= h.gptq_reserve_seconds < h.max_wallclock_seconds,
              "GPTQ_RESERVE_SECONDS", h.gptq_reserve_seconds, f"in [0, MAX_WALLCLOCK_SECONDS={h.max_wallclock_seconds})")
-    for name in ("warmup_steps", "val_loss_every", "muon_momentum_warmup_steps", "muon_backend_steps"):
+    for name in ("warmup_steps", "val_loss_every", "muon_momentum_warmup_steps", "muon_backend_steps",
+                 "prequant_ttt_epochs", "ttt_epochs", "prequant_ttt_freeze_blocks", "ttt_freeze_blocks"):
         _require(getattr(h, name) >= 0, name.upper(), getattr(h, name), ">= 0")
     _require(h.grad_clip_norm >= 0, "GRAD_CLIP_NORM", h.grad_clip_norm, ">= 0 (0 = no clipping)")
     _require(not (h.legal and h.prequant_ttt_enabled), "PREQUANT_TTT_ENABLED", 1,
@@ -179,8 +180,6 @@ def validate_hyperparameters(h: SimpleNamespace) -> None:
     for name, seq in (("prequant_ttt_chunk_tokens", h.train_seq_len), ("ttt_chunk_tokens", h.eval_seq_len)):
         value = getattr(h, name)
         _require(value > 0 and value % seq == 0, name.upper(), value, f"a positive multiple of {seq}")
-    for name in ("prequant_ttt_epochs", "ttt_epochs", "prequant_ttt_freeze_blocks", "ttt_freeze_blocks"):
-        _require(getattr(h, name) >= 0, name.upper(), getattr(h, name), ">= 0")
     _require(h.ttt_batch_seqs > 0, "TTT_BATCH_SEQS", h.ttt_batch_seqs, "> 0")
     for name in ("matrix_bits", "embed_bits"):
         _require(2 <= getattr(h, name) <= 8, name.upper(), getattr(h, name), "in [2, 8]")
@@ -207,15 +206,19 @@ def init_distributed() -> Dist:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
+    if world_size > 1 and not distributed():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)
     return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=device, is_main=rank == 0,
                 grad_accum_steps=8 // world_size)
 
 
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def all_reduce_(t: Tensor, op=dist.ReduceOp.SUM) -> Tensor:
-    if dist.is_available() and dist.is_initialized():
+    if distributed():
         dist.all_reduce(t, op=op)
     return t
 
@@ -326,7 +329,7 @@ def target_bytes(tokens: Tensor, idx: Tensor, sidecar: Tensor | None, luts) -> T
 
 
 class ValData(SimpleNamespace):
-    """tokens (int32, length n_targets+1), sidecar (float or None), luts, files."""
+    """tokens (int32, length n_targets+1), sidecar (int32 bytes per token, or None), luts."""
 
 
 def load_validation(h, device, luts) -> ValData:
@@ -349,7 +352,7 @@ def load_validation(h, device, luts) -> ValData:
         raise ValueError(f"{files[0].parent}: validation token {int(tokens.max())} >= VOCAB_SIZE={h.vocab_size}")
     if sidecar is not None:
         sidecar = sidecar[: usable + 1].to(torch.int32).to(device)
-    return ValData(tokens=tokens.to(device), sidecar=sidecar, luts=luts, files=files)
+    return ValData(tokens=tokens.to(device), sidecar=sidecar, luts=luts)
 
 
 class TrainLoader:
@@ -739,7 +742,7 @@ class EMA:
 
 def all_reduce_flat_(tensors: list[Tensor], scale: float = 1.0) -> None:
     """Sums tensors across ranks through one flat fp32 buffer, then multiplies by `scale`, in place."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not distributed():
         if scale != 1.0:
             torch._foreach_mul_(tensors, scale)
         return
@@ -763,7 +766,7 @@ def ranks_agree(tensors: list[Tensor]) -> bool:
 
 def sync_grads(params: list[Tensor], scale: float) -> None:
     """Sums gradients across ranks times `scale` (parameters unused this step count as zero)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not distributed():
         return
     for p in params:
         if p.grad is None:
@@ -971,7 +974,7 @@ def freeze_for_ttt(model: GPT, freeze_blocks: int, freeze_embedding: bool) -> li
 
 def average_across_ranks_(params: list[Tensor], weight: float) -> None:
     """params <- sum_r weight_r * params_r / sum_r weight_r (a rank that saw no data passes weight 0)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not distributed():
         return
     total = all_reduce_(torch.tensor([float(weight)], device=params[0].device)).item()
     if total == 0:
@@ -1050,6 +1053,7 @@ def collect_hessians(h, model: GPT, d: Dist) -> dict[str, Tensor]:
 
 
 def hessian_for(hessians: dict[str, Tensor], param_name: str) -> Tensor:
+    """The Hessian of a quantized parameter's input: c_k/c_v share c_q's, tok_emb.weight uses "tok_emb"."""
     key = param_name.removesuffix(".weight")
     return hessians[re.sub(r"\.c_[kv]$", ".c_q", key)]
 
@@ -1127,8 +1131,7 @@ def quantize_state(h, model: GPT, hessians: dict[str, Tensor], d: Dist, log) -> 
         bits, sigmas = (h.embed_bits, h.embed_clip_sigmas) if embed else (h.matrix_bits, h.matrix_clip_sigmas)
         owner = i % d.world_size
         if d.rank == owner:
-            H = hessians["tok_emb"] if embed else hessian_for(hessians, name)
-            q, s, note = gptq_quantize(w, H, bits, sigmas)
+            q, s, note = gptq_quantize(w, hessian_for(hessians, name), bits, sigmas)
             if note != "ok":
                 notes[int(note == "rtn_fallback")] += 1
                 print(f"gptq_note rank:{d.rank} {name} {note}", file=sys.stderr, flush=True)
@@ -1265,8 +1268,7 @@ def fit_to_limit(qstate: dict[str, Tensor], hessians: dict[str, Tensor], limit: 
     costs, where = [], []
     for i, name in enumerate(names):
         q, s = qstate[name + ".q"], qstate[name + ".s"].float()
-        H = hessians["tok_emb"] if name == "tok_emb.weight" else hessian_for(hessians, name)
-        cost = (q.float() * s[:, None]) ** 2 * torch.diag(H).float()[None, :]
+        cost = (q.float() * s[:, None]) ** 2 * torch.diag(hessian_for(hessians, name)).float()[None, :]
         nz = q.flatten() != 0
         costs.append(cost.flatten()[nz])
         where.append(torch.stack([torch.full((int(nz.sum()),), i, device=q.device), nz.nonzero().flatten()], 1))
@@ -1306,7 +1308,7 @@ def save_checkpoint(model: GPT, path: str, stage: str, d: Dist) -> None:
     """Full-precision weights, loadable with weights_only=True; `stage` says what RESUME_CHECKPOINT skips."""
     if d.is_main:
         torch.save({"stage": stage, "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
-    if dist.is_initialized():
+    if distributed():
         dist.barrier()
 
 
@@ -1524,7 +1526,7 @@ def main() -> None:
             blob, zeroed = fit_to_limit(qstate, hessians, h.artifact_limit - counted_code, h.compressor, log)
         except RuntimeError:
             written.zero_()
-            if dist.is_initialized():
+            if distributed():
                 dist.broadcast(written, 0)
             raise
         artifact.write_bytes(blob)
@@ -1532,7 +1534,7 @@ def main() -> None:
         log(f"Code size: {source_bytes} bytes source, {counted_code} bytes counted (packed)")
         log(f"Total submission size quantized+{h.compressor}: {len(blob) + counted_code} bytes "
             f"limit:{h.artifact_limit} zeroed_codes:{zeroed}")
-    if dist.is_initialized():
+    if distributed():
         dist.broadcast(written, 0)  # the other ranks wait here while rank 0 packs
         if written.item() == 0:
             raise RuntimeError("rank 0 could not bring the artifact under ARTIFACT_LIMIT (see its log)")
@@ -1556,7 +1558,7 @@ def main() -> None:
     if eval_s > 600:
         log(f"WARNING: evaluation phase took {eval_s:.1f}s, over the 600 s evaluation budget")
     log(f"final_score source:{final_label} val_bpb:{final_bpb:.8f} {tag}")
-    if dist.is_initialized():
+    if distributed():
         dist.destroy_process_group()
 
 

@@ -412,7 +412,7 @@ def code_costs(qstate, hessians):
     for k in qstate:
         if k.endswith(".q"):
             name = k[:-2]
-            H = hessians["tok_emb"] if name == "tok_emb.weight" else tg.hessian_for(hessians, name)
+            H = tg.hessian_for(hessians, name)
             out[name] = (qstate[k].float() * qstate[name + ".s"].float()[:, None]) ** 2 * torch.diag(H)[None, :]
     return out
 

@@ -33,7 +33,7 @@ def val_arrays(tiny_data):
 
 
 def make_val(tokens, sidecar) -> tg.ValData:
-    return tg.ValData(tokens=tokens.clone(), sidecar=sidecar.clone(), luts=None, files=[])
+    return tg.ValData(tokens=tokens.clone(), sidecar=sidecar.clone(), luts=None)
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def cpu_dist(rank: int = 0, world_size: int = 1) -> tg.Dist:
 
 def make_val(tokens, sidecar=None, luts=None):
     return tg.ValData(tokens=tokens.to(torch.int32), sidecar=None if sidecar is None else sidecar.to(torch.int32),
-                      luts=luts, files=[])
+                      luts=luts)
 
 
 def run_ranks(monkeypatch, h, nll_fn, val, stride, world_size):

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         h.data_dir = tmp.name
     files = tg.dataset_files(h.data_dir, h.vocab_size, "train")
     val_tokens = torch.cat([tg.load_data_shard(f) for f in tg.dataset_files(h.data_dir, h.vocab_size, "val")])
-    val = tg.ValData(tokens=val_tokens.to(torch.int32).to(d.device), files=[], luts=None,
+    val = tg.ValData(tokens=val_tokens.to(torch.int32).to(d.device), luts=None,
                      sidecar=torch.ones_like(val_tokens, dtype=torch.int32).to(d.device))
     torch.manual_seed(h.seed)
     model = tg.GPT(h, backend).to(d.device)
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         f"windows/s:{len(plan) / seconds:.0f} tok/s:{len(plan) * h.eval_seq_len / seconds:.0f}")
     if tmp is not None:
         tmp.cleanup()
-    if tg.dist.is_initialized():
+    if tg.distributed():
         tg.dist.destroy_process_group()
     return 0
 
