@@ -568,6 +568,10 @@ class GPT(nn.Module):
         self.skip_gates = nn.Parameter(torch.zeros(num_skips, h.model_dim))
         self.looping = False
         self._init_weights(h.tied_embed_init_std)
+        # Tables for the training length, so compiled kernels load them instead of recomputing cos/sin per element.
+        cos, sin = rotary_cos_sin(h.train_seq_len, h.rope_dims, h.rope_base, h.train_seq_len, "cpu")
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
 
     def _init_weights(self, embed_std: float) -> None:
         nn.init.normal_(self.tok_emb.weight, std=embed_std)
@@ -584,9 +588,15 @@ class GPT(nn.Module):
     def hidden(self, idx: Tensor) -> Tensor:
         """(B, T) token ids -> (B, T, dim) final-normed hidden states."""
         d = (self.dim,)
-        x = F.rms_norm(self.tok_emb(idx), d)
+        x = self.tok_emb(idx)
+        if torch.is_autocast_enabled(idx.device.type):  # the residual stream, x0 and skips in bf16, as the seed's
+            x = x.to(torch.get_autocast_dtype(idx.device.type))
+        x = F.rms_norm(x, d)
         x0 = x
-        cos, sin = rotary_cos_sin(idx.size(1), self.rope_dims, self.rope_base, self.train_seq_len, idx.device)
+        if idx.size(1) == self.rope_cos.size(0):
+            cos, sin = self.rope_cos, self.rope_sin
+        else:
+            cos, sin = rotary_cos_sin(idx.size(1), self.rope_dims, self.rope_base, self.train_seq_len, idx.device)
         encoder, decoder = encoder_decoder(self.layer_order())
         skips = []
         for li in encoder:
@@ -648,7 +658,9 @@ def muon_update(grad: Tensor, steps: int) -> Tensor:
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum + MuonEq-R, decoupled weight decay: p <- p*(1 - lr*wd) - lr*update.
 
-    Matrix i is orthogonalised by rank i % world_size; a flat all-reduce shares the results.
+    Matrices of one shape are orthogonalised together as one batch (a handful of launches instead of one set
+    per matrix). Within each shape group rank r takes a contiguous share of the members, so its results fill
+    one slice of a flat buffer laid out group by group; a flat all-reduce shares them.
     """
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, weight_decay: float,
@@ -656,26 +668,43 @@ class Muon(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, weight_decay=weight_decay))
         self.rank, self.world_size = rank, world_size
 
+    @staticmethod
+    def shape_groups(params: list[Tensor]) -> list[list[Tensor]]:
+        groups: dict[torch.Size, list[Tensor]] = {}
+        for p in params:
+            groups.setdefault(p.shape, []).append(p)
+        return list(groups.values())
+
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            params = group["params"]
             lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
-            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.float32)
+            members = self.shape_groups(group["params"])
+            ordered = [p for ps in members for p in ps]
+            flat = torch.zeros(sum(p.numel() for p in ordered), device=ordered[0].device, dtype=torch.float32)
             offset = 0
-            for i, p in enumerate(params):
-                if i % self.world_size == self.rank and p.grad is not None:
-                    buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
-                    buf.mul_(mom).add_(p.grad)
-                    g = p.grad.add(buf, alpha=mom)
-                    flat[offset : offset + p.numel()] = muon_update(g, group["backend_steps"]).flatten().float()
-                offset += p.numel()
+            for ps in members:
+                share = -(-len(ps) // self.world_size)
+                lo, hi = min(len(ps), self.rank * share), min(len(ps), (self.rank + 1) * share)
+                size = ps[0].numel()
+                if hi > lo:
+                    mine = ps[lo:hi]
+                    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in mine]
+                    bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in mine]
+                    torch._foreach_mul_(bufs, mom)
+                    torch._foreach_add_(bufs, grads)
+                    g = torch.stack(torch._foreach_add(grads, bufs, alpha=mom))
+                    update = muon_update(g, group["backend_steps"])
+                    flat[offset + lo * size : offset + hi * size] = update.flatten().float()
+                offset += len(ps) * size
             if self.world_size > 1:
                 all_reduce_(flat)
-            offset = 0
-            for p in params:
-                p.mul_(1.0 - lr * wd).add_(flat[offset : offset + p.numel()].view_as(p), alpha=-lr)
+            updates, offset = [], 0
+            for p in ordered:
+                updates.append(flat[offset : offset + p.numel()].view_as(p))
                 offset += p.numel()
+            torch._foreach_mul_(ordered, 1.0 - lr * wd)
+            torch._foreach_add_(ordered, updates, alpha=-lr)
 
 
 def split_parameters(model: GPT) -> tuple[list, list, list]:

@@ -111,6 +111,29 @@ def test_muon_two_steps_match_formula(shape, mom, exact):
     assert (p.detach() - p0).abs().max() > 0.05  # the step is not negligible next to the tolerance
 
 
+def test_muon_batches_same_shapes_like_separate_steps():
+    """Mixed shapes in one Muon group (batched per shape, interleaved in the parameter list) step exactly as each
+    matrix alone; the shape groups keep first-appearance order."""
+    torch.manual_seed(1)
+    shapes = [(8, 4), (4, 8), (8, 4), (6, 6), (4, 8), (8, 4)]
+    p0 = [torch.randn(*s) for s in shapes]
+    grads = [[torch.randint(-8, 9, s) / 4.0 for s in shapes] for _ in range(2)]  # dyadic: exact sums
+    together = [nn.Parameter(t.clone()) for t in p0]
+    alone = [nn.Parameter(t.clone()) for t in p0]
+    kw = dict(lr=0.05, momentum=0.5, backend_steps=5, weight_decay=0.1)
+    opt = tg.Muon(together, **kw)
+    singles = [tg.Muon([q], **kw) for q in alone]
+    for gs in grads:
+        for q, r, g in zip(together, alone, gs):
+            q.grad, r.grad = g.clone(), g.clone()
+        opt.step()
+        for o in singles:
+            o.step()
+        for q, r in zip(together, alone):
+            torch.testing.assert_close(q.detach(), r.detach(), rtol=0, atol=1e-6)
+    assert [len(g) for g in tg.Muon.shape_groups(together)] == [3, 2, 1]
+
+
 def test_ema_decay_formula():
     """ema_decay(step, max) = min(max, (1 + step) / (10 + step))."""
     for step in [0, 1, 5, 100, 1000, 10**6]:

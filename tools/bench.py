@@ -1,6 +1,6 @@
 """Throughput benchmark of train_gpt.py's own training step and sliding evaluation (not a test).
 
-    python tools/bench.py [--steps 20] [--warmup 20] [--windows 4096] [--data-dir DIR]
+    python tools/bench.py [--steps 20] [--warmup 20] [--windows 4096] [--data-dir DIR] [--profile 3]
     torchrun --standalone --nproc_per_node=4 tools/bench.py          # per-GPU scaling
 
 The model, optimizers, loader, step and evaluation are train_gpt's functions at the configuration the
@@ -8,7 +8,11 @@ environment gives (defaults: the record configuration; the same variables as tra
 `--steps` optimizer steps without and then with recurrence, after `--warmup` untimed steps per mode (compile),
 reads peak memory, then times the sliding-window evaluation (EVAL_STRIDE) of the first `--windows` windows.
 Without --data-dir it trains on synthetic uniform tokens (as SPEC §9's anchors) and scores synthetic
-validation tokens with a one-byte-per-token sidecar. Prints a `key:value` table on rank 0.
+validation tokens with a one-byte-per-token sidecar. Prints a `key:value` table on rank 0, including the loss of
+every timed step (`losses recurrence:…`), so that two versions run at one SEED on real text (--data-dir) can be
+compared step by step. `--profile K` profiles K more steps per mode (CUDA only) and prints where the GPU time
+goes: per category (matmul, attention, compiled/Triton kernels, other aten kernels, copies, communication) and
+the top kernels, in ms per step. `--windows 0` skips the evaluation timing.
 """
 from __future__ import annotations
 
@@ -45,19 +49,83 @@ def timed(device, fn) -> float:
     return time.perf_counter() - t0
 
 
+KERNEL_CATEGORIES = (  # first match wins; names as CUDA kernels are reported by the profiler
+    ("attention", ("flash", "fmha", "attention", "cudnn")),
+    ("matmul", ("gemm", "cutlass", "nvjet", "xmma", "cublas", "sm90_")),
+    ("communication", ("nccl",)),
+    ("compiled", ("triton",)),
+    ("copy", ("memcpy", "memset")),
+)
+
+
+def kernel_category(name: str) -> str:
+    low = name.lower()
+    return next((cat for cat, keys in KERNEL_CATEGORIES if any(k in low for k in keys)), "other")
+
+
+def kernel_times(prof) -> dict[str, float]:
+    """Total self device time (µs) of each CUDA kernel/copy name in a finished torch.profiler run."""
+    out: dict[str, float] = {}
+    for evt in prof.key_averages():
+        if evt.device_type == torch.autograd.DeviceType.CUDA:
+            out[evt.key] = out.get(evt.key, 0.0) + evt.self_device_time_total
+    return out
+
+
+def kernel_gaps(prof) -> list[tuple[float, str, str]]:
+    """(idle µs, kernel before, kernel after) for every gap between consecutive CUDA kernels/copies."""
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                   if e.device_type == torch.autograd.DeviceType.CUDA)
+    out, end, before = [], None, ""
+    for start, stop, name in spans:
+        if end is not None and start > end:
+            out.append((start - end, before, name))
+        if end is None or stop >= end:
+            end, before = stop, name
+    return out
+
+
+def gap_report(log, looping: bool, gaps: list[tuple[float, str, str]], steps: int, top: int = 8) -> None:
+    """The GPU's idle time between kernels: total, and the largest gaps with their neighbours."""
+    total = sum(g for g, _, _ in gaps)
+    big = [g for g, _, _ in gaps if g >= 50]
+    log(f"profile recurrence:{int(looping)} idle_ms_per_step:{total / 1000 / steps:.1f} "
+        f"gaps_over_50us_per_step:{len(big) / steps:.1f} their_ms_per_step:{sum(big) / 1000 / steps:.1f}")
+    for g, before, after in sorted(gaps, reverse=True)[:top]:
+        log(f"profile recurrence:{int(looping)} gap_us:{g:.0f} after:{before[:70]} before:{after[:70]}")
+
+
+def profile_report(log, looping: bool, times: dict[str, float], steps: int, wall_s: float, top: int = 25) -> None:
+    busy = sum(times.values())
+    cats: dict[str, float] = {}
+    for name, us in times.items():
+        cats[kernel_category(name)] = cats.get(kernel_category(name), 0.0) + us
+    log(f"profile recurrence:{int(looping)} steps:{steps} wall_ms_per_step:{1000 * wall_s / steps:.1f} "
+        f"gpu_busy_ms_per_step:{busy / 1000 / steps:.1f}")
+    for cat, us in sorted(cats.items(), key=lambda kv: -kv[1]):
+        log(f"profile recurrence:{int(looping)} category:{cat} ms_per_step:{us / 1000 / steps:.1f} "
+            f"share:{100 * us / busy:.1f}%")
+    for name, us in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
+        log(f"profile recurrence:{int(looping)} kernel_ms_per_step:{us / 1000 / steps:.2f} "
+            f"share:{100 * us / busy:.1f}% [{kernel_category(name)}] {name[:150]}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps per mode")
     ap.add_argument("--warmup", type=int, default=20, help="untimed steps per mode before timing")
     ap.add_argument("--windows", type=int, default=4096, help="sliding-evaluation windows to time")
     ap.add_argument("--data-dir", type=Path, help="a DATA_DIR with train/val shards (default: synthetic tokens)")
+    ap.add_argument("--profile", type=int, default=0, help="profile this many extra steps per mode (CUDA only)")
     args = ap.parse_args(argv)
     h = tg.read_hyperparameters()
     d = tg.init_distributed()
     log = tg.Logger(f"bench_{h.run_id}", d.is_main)
     backend = tg.attention_backend()
     tmp = None
-    if args.data_dir is None:
+    if args.data_dir is not None:
+        h.data_dir = str(args.data_dir)
+    else:
         tmp = tempfile.TemporaryDirectory()
         n_val = (args.windows + 2) * h.eval_stride + h.eval_seq_len + 1
         synthetic_dataset(Path(tmp.name), h.vocab_size, max(4 * h.train_batch_tokens, 1 << 20), n_val, h.seed)
@@ -76,18 +144,29 @@ def main(argv=None) -> int:
         f"batch_tokens:{h.train_batch_tokens} steps:{args.steps} warmup:{args.warmup}")
     for looping in (False, True):
         model.looping = looping
+        losses = []
 
         def steps(n):
             for _ in range(n):
-                tg.train_step(h, model, compiled, optimizers, loader, d, 0, 1.0)
+                losses.append(tg.train_step(h, model, compiled, optimizers, loader, d, 0, 1.0))
 
         steps(args.warmup)
+        losses.clear()
         seconds = timed(d.device, lambda: steps(args.steps))
         tps = args.steps * h.train_batch_tokens / seconds
         log(f"train recurrence:{int(looping)} step_ms:{1000 * seconds / args.steps:.1f} tok/s:{tps:.0f} "
             f"tok/s_per_gpu:{tps / d.world_size:.0f}")
+        log(f"losses recurrence:{int(looping)} " + " ".join(f"{v:.4f}" for v in torch.stack(losses).tolist()))
+        if args.profile > 0 and d.device.type == "cuda":
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                wall = timed(d.device, lambda: steps(args.profile))
+            profile_report(log, looping, kernel_times(prof), args.profile, wall)
+            gap_report(log, looping, kernel_gaps(prof), args.profile)
     if d.device.type == "cuda":
-        log(f"peak_memory_allocated_mib:{torch.cuda.max_memory_allocated() // 2**20}")
+        log(f"peak_memory_allocated_mib:{torch.cuda.max_memory_allocated() // 2**20} "
+            f"alloc_retries:{torch.cuda.memory_stats().get('num_alloc_retries', 0)}")
+    if args.windows <= 0:
+        return finish(tmp)
     model.looping = h.num_loops > 0
     plan = tg.window_plan(val.tokens.numel() - 1, h.eval_seq_len, h.eval_stride)[1 : args.windows + 1]
     mine = plan[d.rank :: d.world_size]
@@ -95,6 +174,10 @@ def main(argv=None) -> int:
     seconds = timed(d.device, lambda: tg.score_windows(h, nll_fn, val, mine, h.eval_stride, d))
     log(f"sliding_eval windows:{len(plan)} stride:{h.eval_stride} time_ms:{1000 * seconds:.0f} "
         f"windows/s:{len(plan) / seconds:.0f} tok/s:{len(plan) * h.eval_seq_len / seconds:.0f}")
+    return finish(tmp)
+
+
+def finish(tmp) -> int:
     if tmp is not None:
         tmp.cleanup()
     if tg.distributed():

@@ -1,0 +1,114 @@
+"""Micro-benchmark of causal grouped-KV attention at the training shape (not a test; CUDA only).
+
+    python tools/bench_attention.py [--batch 48] [--seq 2048] [--heads 8] [--kv-heads 4] [--head-dim 64]
+
+Times forward+backward of every way this machine can compute train_gpt's attention: PyTorch SDPA with
+`enable_gqa` (its own backend choice, then each backend forced), SDPA on K/V expanded to all query heads
+(default choice and each backend forced), and FlashAttention 3 when importable. Each result is checked against
+an fp32 reference (relative error of the output and of dq) and timed with CUDA events (median of --reps). One
+`key:value` line per variant; variants a backend cannot run print `unsupported` with the reason's first line.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "cudnn": SDPBackend.CUDNN_ATTENTION}
+
+
+def sdpa(q, k, v, expand: bool):
+    """q: (B, H, T, D), k/v: (B, Hkv, T, D) -> (B, H, T, D)."""
+    if expand:
+        g = q.size(1) // k.size(1)
+        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
+def fa3(q, k, v):
+    from flash_attn_interface import flash_attn_func
+
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+    return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
+
+
+def median_ms(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=20)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_attention: CUDA is required", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    B, T, H, Hkv, D = args.batch, args.seq, args.heads, args.kv_heads, args.head_dim
+    mk = lambda h: torch.randn(B, h, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)  # noqa: E731
+    q, k, v = mk(H), mk(Hkv), mk(Hkv)
+    grad = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():  # fp32 reference on the first 2 sequences (keeps the math backend's memory small)
+        qr, kr, vr = (t[:2].float().requires_grad_() for t in (q, k, v))
+    with torch.enable_grad():
+        ref = sdpa(qr, kr, vr, expand=True)
+        ref.backward(grad[:2].float())
+    flops = 4 * B * H * T * T * D / 2 * 3.5  # causal QK^T and PV forward (2 matmuls), backward 2.5x forward
+    variants = [("sdpa_gqa_default", lambda: sdpa(q, k, v, False), None)]
+    variants += [(f"sdpa_gqa_{n}", lambda: sdpa(q, k, v, False), b) for n, b in BACKENDS.items()]
+    variants += [("sdpa_expand_default", lambda: sdpa(q, k, v, True), None)]
+    variants += [(f"sdpa_expand_{n}", lambda: sdpa(q, k, v, True), b) for n, b in BACKENDS.items()]
+    try:
+        import flash_attn_interface  # noqa: F401
+
+        variants.append(("flash_attn_3", lambda: fa3(q, k, v), None))
+    except ImportError:
+        print("flash_attn_3: not importable")
+    print(f"shape B:{B} T:{T} H:{H} Hkv:{Hkv} D:{D} torch:{torch.__version__} "
+          f"device:{torch.cuda.get_device_name()}")
+    for name, fn, backend in variants:
+        def step(backend=backend, fn=fn):
+            with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext():
+                out = fn()
+                out.backward(grad)
+            return out
+
+        try:
+            q.grad = None
+            out = step()
+            err = ((out[:2].float() - ref).norm() / ref.norm()).item()
+            derr = ((q.grad[:2].float() - qr.grad).norm() / qr.grad.norm()).item()
+            step()
+            ms = median_ms(step, args.reps)
+        except RuntimeError as e:
+            print(f"{name}: unsupported ({str(e).strip().splitlines()[0][:160]})")
+            continue
+        peak = torch.cuda.max_memory_allocated() // 2**20
+        print(f"{name}: fwd_bwd_ms:{ms:.2f} tflops:{flops / ms / 1e9:.0f} rel_err_out:{err:.1e} "
+              f"rel_err_dq:{derr:.1e} peak_mib:{peak}")
+        torch.cuda.reset_peak_memory_stats()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
