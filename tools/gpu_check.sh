@@ -18,7 +18,7 @@ if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$R/gpus.txt" 2>&1
-if [ ! -f /tmp/data/manifest.json ]; then
+if [ ! -f /tmp/data/datasets/fineweb10B_sp8192/manifest.json ]; then
   python3 data/prepare_caseops.py --docs .carry/fineweb_sample.jsonl.gz --docs .carry/wikipedia_sample.jsonl.gz \
     --out /tmp/data --val-docs 800 --tokenizer .carry/caseops.model --workers "$(nproc)" --quiet > "$R/prepare.log" 2>&1 \
     || { echo "prepare failed"; cat "$R/prepare.log"; exit 1; }
