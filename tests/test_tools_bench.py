@@ -5,6 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="64", NUM_HEADS="2", NUM_KV_HEADS="1", LOOP_START="1",
             LOOP_END="2", PARALLEL_RESIDUAL_START="3", XSA_LAST_N="4", TRAIN_SEQ_LEN="64", EVAL_SEQ_LEN="64",
@@ -20,3 +23,52 @@ def test_bench_prints_train_and_eval_figures(tmp_path):
     assert set(rates) == {0, 1} and all(r > 0 for r in rates.values())
     assert re.search(r"sliding_eval windows:40 stride:16 time_ms:\d+", out)
     assert (tmp_path / "logs" / "bench_bench_test.txt").read_text() == out
+
+
+def run_bench(tmp_path, *args) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")} | TINY
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_bench_logs_each_timed_loss_and_skips_eval(tmp_path):
+    """One finite loss per timed step and mode; --windows 0 skips the evaluation timing."""
+    out = run_bench(tmp_path, "--steps", "3", "--warmup", "1", "--windows", "0")
+    losses = {int(m[1]): [float(v) for v in m[2].split()] for m in re.finditer(r"^losses recurrence:(\d) (.*)$", out, re.M)}
+    assert set(losses) == {0, 1} and all(len(v) == 3 and all(0 < x < 10 for x in v) for v in losses.values())
+    assert "sliding_eval" not in out
+
+
+def test_kernel_categories():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bench
+
+    assert bench.kernel_category("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma") == "attention"
+    assert bench.kernel_category("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT") == "matmul"
+    assert bench.kernel_category("triton_per_fused__fused_rms_norm_backward_15") == "compiled"
+    assert bench.kernel_category("ncclDevKernel_AllReduce_Sum_f32") == "communication"
+    assert bench.kernel_category("Memcpy HtoD (Pinned -> Device)") == "copy"
+    assert bench.kernel_category("void at::native::vectorized_elementwise_kernel<4>") == "other"
+
+
+def test_kernel_gaps_measure_idle_between_overlapping_kernels():
+    """Gaps are counted from the latest end so far; overlapping kernels leave no gap."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bench
+    from types import SimpleNamespace as NS
+
+    cuda, cpu = bench.torch.autograd.DeviceType.CUDA, bench.torch.autograd.DeviceType.CPU
+
+    def ev(name, start, end, dev=cuda):
+        return NS(name=name, device_type=dev, time_range=NS(start=start, end=end))
+
+    prof = NS(events=lambda: [ev("a", 0, 10), ev("b", 5, 30), ev("c", 12, 20), ev("host", 30, 90, cpu),
+                              ev("d", 40, 50), ev("e", 50, 60), ev("f", 75, 80)])
+    assert bench.kernel_gaps(prof) == [(10, "b", "d"), (15, "e", "f")]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
+def test_bench_attention_needs_cuda():
+    """Without CUDA the attention micro-benchmark stops with a clear message (exit 2) instead of a traceback."""
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_attention.py")], capture_output=True, text=True)
+    assert r.returncode == 2 and "CUDA is required" in r.stderr
