@@ -593,8 +593,8 @@ class GPT(nn.Module):
             x = x.to(torch.get_autocast_dtype(idx.device.type))
         x = F.rms_norm(x, d)
         x0 = x
-        if idx.size(1) == self.rope_cos.size(0):
-            cos, sin = self.rope_cos, self.rope_sin
+        if idx.size(1) <= self.rope_cos.size(0):  # no NTK scaling up to the training length: a prefix of the tables
+            cos, sin = self.rope_cos[: idx.size(1)], self.rope_sin[: idx.size(1)]
         else:
             cos, sin = rotary_cos_sin(idx.size(1), self.rope_dims, self.rope_base, self.train_seq_len, idx.device)
         encoder, decoder = encoder_decoder(self.layer_order())
@@ -699,10 +699,7 @@ class Muon(torch.optim.Optimizer):
                 offset += len(ps) * size
             if self.world_size > 1:
                 all_reduce_(flat)
-            updates, offset = [], 0
-            for p in ordered:
-                updates.append(flat[offset : offset + p.numel()].view_as(p))
-                offset += p.numel()
+            updates = [u.view_as(p) for u, p in zip(flat.split([p.numel() for p in ordered]), ordered)]
             torch._foreach_mul_(ordered, 1.0 - lr * wd)
             torch._foreach_add_(ordered, updates, alpha=-lr)
 

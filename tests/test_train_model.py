@@ -112,3 +112,22 @@ def test_model_traces_as_one_graph(tiny_model, looping):
     for fn, args in ((model, (x, y)), (model.token_nll, (x, y, 16))):
         explained = torch._dynamo.explain(fn)(*args)
         assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def test_rotary_tables_serve_every_length_up_to_training(tiny_model, monkeypatch):
+    """Up to the training length the model uses a prefix of its precomputed tables, which equals the tables
+    computed for that length; beyond it the NTK-scaled tables are computed, and they differ from any prefix."""
+    model = tiny_model()
+    L = model.train_seq_len
+    for T in (1, L // 2, L):
+        cos, sin = tg.rotary_cos_sin(T, model.rope_dims, model.rope_base, L, "cpu")
+        torch.testing.assert_close(model.rope_cos[:T], cos, rtol=0, atol=0)
+        torch.testing.assert_close(model.rope_sin[:T], sin, rtol=0, atol=0)
+    longer, _ = tg.rotary_cos_sin(2 * L, model.rope_dims, model.rope_base, L, "cpu")
+    assert not torch.allclose(longer[:L], model.rope_cos)
+    seen = []
+    real = tg.rotary_cos_sin
+    monkeypatch.setattr(tg, "rotary_cos_sin", lambda *a: seen.append(a[0]) or real(*a))
+    for T in (L // 2, L, 2 * L):
+        model.hidden(torch.randint(model.vocab_size, (1, T)))
+    assert seen == [2 * L]  # only the length beyond training recomputes

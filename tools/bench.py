@@ -99,7 +99,8 @@ def profile_report(log, looping: bool, times: dict[str, float], steps: int, wall
     busy = sum(times.values())
     cats: dict[str, float] = {}
     for name, us in times.items():
-        cats[kernel_category(name)] = cats.get(kernel_category(name), 0.0) + us
+        cat = kernel_category(name)
+        cats[cat] = cats.get(cat, 0.0) + us
     log(f"profile recurrence:{int(looping)} steps:{steps} wall_ms_per_step:{1000 * wall_s / steps:.1f} "
         f"gpu_busy_ms_per_step:{busy / 1000 / steps:.1f}")
     for cat, us in sorted(cats.items(), key=lambda kv: -kv[1]):
