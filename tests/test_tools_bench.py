@@ -67,6 +67,24 @@ def test_kernel_gaps_measure_idle_between_overlapping_kernels():
     assert bench.kernel_gaps(prof) == [(10, "b", "d"), (15, "e", "f")]
 
 
+def test_profile_report_gives_time_and_launches_per_step():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bench
+    from types import SimpleNamespace as NS
+
+    cuda, cpu = bench.torch.autograd.DeviceType.CUDA, bench.torch.autograd.DeviceType.CPU
+    evts = [NS(key="nvjet_a", device_type=cuda, self_device_time_total=600.0, count=4),
+            NS(key="triton_per_fused_b", device_type=cuda, self_device_time_total=300.0, count=6),
+            NS(key="host_op", device_type=cpu, self_device_time_total=999.0, count=1)]
+    times = bench.kernel_times(NS(key_averages=lambda: evts))
+    assert times == {"nvjet_a": (600.0, 4), "triton_per_fused_b": (300.0, 6)}
+    lines = []
+    bench.profile_report(lines.append, False, times, steps=2, wall_s=0.001)
+    assert "gpu_busy_ms_per_step:0.5" in lines[0]
+    kernel = [ln for ln in lines if "triton_per_fused_b" in ln][0]
+    assert "kernel_ms_per_step:0.15" in kernel and "calls_per_step:3 " in kernel and "us_per_call:50.0" in kernel
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
 def test_bench_attention_needs_cuda():
     """Without CUDA the attention micro-benchmark stops with a clear message (exit 2) instead of a traceback."""

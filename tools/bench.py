@@ -63,12 +63,13 @@ def kernel_category(name: str) -> str:
     return next((cat for cat, keys in KERNEL_CATEGORIES if any(k in low for k in keys)), "other")
 
 
-def kernel_times(prof) -> dict[str, float]:
-    """Total self device time (µs) of each CUDA kernel/copy name in a finished torch.profiler run."""
-    out: dict[str, float] = {}
+def kernel_times(prof) -> dict[str, tuple[float, int]]:
+    """(total self device µs, launches) of each CUDA kernel/copy name in a finished torch.profiler run."""
+    out: dict[str, tuple[float, int]] = {}
     for evt in prof.key_averages():
         if evt.device_type == torch.autograd.DeviceType.CUDA:
-            out[evt.key] = out.get(evt.key, 0.0) + evt.self_device_time_total
+            us, n = out.get(evt.key, (0.0, 0))
+            out[evt.key] = (us + evt.self_device_time_total, n + evt.count)
     return out
 
 
@@ -95,10 +96,11 @@ def gap_report(log, looping: bool, gaps: list[tuple[float, str, str]], steps: in
         log(f"profile recurrence:{int(looping)} gap_us:{g:.0f} after:{before[:70]} before:{after[:70]}")
 
 
-def profile_report(log, looping: bool, times: dict[str, float], steps: int, wall_s: float, top: int = 25) -> None:
-    busy = sum(times.values())
+def profile_report(log, looping: bool, times: dict[str, tuple[float, int]], steps: int, wall_s: float,
+                   top: int = 30) -> None:
+    busy = sum(us for us, _ in times.values())
     cats: dict[str, float] = {}
-    for name, us in times.items():
+    for name, (us, _) in times.items():
         cat = kernel_category(name)
         cats[cat] = cats.get(cat, 0.0) + us
     log(f"profile recurrence:{int(looping)} steps:{steps} wall_ms_per_step:{1000 * wall_s / steps:.1f} "
@@ -106,9 +108,10 @@ def profile_report(log, looping: bool, times: dict[str, float], steps: int, wall
     for cat, us in sorted(cats.items(), key=lambda kv: -kv[1]):
         log(f"profile recurrence:{int(looping)} category:{cat} ms_per_step:{us / 1000 / steps:.1f} "
             f"share:{100 * us / busy:.1f}%")
-    for name, us in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
+    for name, (us, n) in sorted(times.items(), key=lambda kv: -kv[1][0])[:top]:
         log(f"profile recurrence:{int(looping)} kernel_ms_per_step:{us / 1000 / steps:.2f} "
-            f"share:{100 * us / busy:.1f}% [{kernel_category(name)}] {name[:150]}")
+            f"share:{100 * us / busy:.1f}% calls_per_step:{n / steps:g} us_per_call:{us / n:.1f} "
+            f"[{kernel_category(name)}] {name[:150]}")
 
 
 def main(argv=None) -> int:
