@@ -217,6 +217,8 @@ def test_tokenizer_vocab_mismatch_names_tokenizer_path(tiny_data):
     (dict(SLIDING_WINDOW_ENABLED="yes"), r"SLIDING_WINDOW_ENABLED='yes': expected 0 or 1"),
     (dict(LOOP_END="11"), r"LOOP_START/LOOP_END"),
     (dict(EVAL_STRIDE="4096"), r"EVAL_STRIDE=4096"),
+    (dict(LOGIT_SOFTCAP="100"), r"LOGIT_SOFTCAP=100.0: expected in \(0, 64\]"),
+    (dict(LOGIT_SOFTCAP="0"), r"LOGIT_SOFTCAP=0.0"),
     (dict(MAX_WALLCLOCK_SECONDS="10", GPTQ_RESERVE_SECONDS="12"), r"GPTQ_RESERVE_SECONDS=12.0"),
 ])
 def test_bad_env_values_name_the_variable(clean_env, env, pattern):

@@ -131,3 +131,24 @@ def test_rotary_tables_serve_every_length_up_to_training(tiny_model, monkeypatch
     for T in (L // 2, L, 2 * L):
         model.hidden(torch.randint(model.vocab_size, (1, T)))
     assert seen == [2 * L]  # only the length beyond training recomputes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_softcapped_nll_is_cross_entropy_of_capped_logits(dtype):
+    """Values and gradient equal F.cross_entropy of softcap*tanh(z/softcap) in float64, for logits far past the cap;
+    the gradient keeps the logits' dtype."""
+    g = torch.Generator().manual_seed(3)
+    z = (torch.randn(37, 64, generator=g, dtype=torch.float64) * 60).to(dtype).requires_grad_()
+    t = torch.randint(0, 64, (37,), generator=g)
+    w = torch.rand(37, generator=g, dtype=torch.float64)
+    out = tg.SoftcappedNLL.apply(z, t, 30.0)
+    assert out.dtype == torch.float32 and out.shape == (37,)
+    (out.double() * w).sum().backward()
+    got = z.grad.clone()
+    z.grad = None
+    ref = torch.nn.functional.cross_entropy(30.0 * torch.tanh(z.double() / 30.0), t, reduction="none")
+    (ref * w).sum().backward()
+    assert (out.double() - ref).abs().max() < 1e-4 * ref.abs().max()
+    assert got.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 1e-2  # bf16 rounding of the returned gradient
+    assert (got.double() - z.grad.double()).norm() < tol * z.grad.double().norm()
