@@ -152,3 +152,22 @@ def test_softcapped_nll_is_cross_entropy_of_capped_logits(dtype):
     assert got.dtype == dtype
     tol = 1e-6 if dtype == torch.float32 else 1e-2  # bf16 rounding of the returned gradient
     assert (got.double() - z.grad.double()).norm() < tol * z.grad.double().norm()
+
+
+def test_maybe_compile_is_eager_on_cpu_and_turns_mix_order_reductions_off_on_cuda(monkeypatch):
+    """CPU: the function itself. CUDA: torch.compile(dynamic=False) with Inductor's mix-order reductions off (they
+    merged several layers' per-channel gradient sums into kernels that spilled)."""
+    import torch._inductor.config as inductor_config
+
+    def fn(x):
+        return x
+
+    assert tg.maybe_compile(fn, torch.device("cpu")) is fn
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda f, **kw: calls.append((f, kw)) or "compiled")
+    if hasattr(inductor_config.triton, "mix_order_reduction"):
+        monkeypatch.setattr(inductor_config.triton, "mix_order_reduction", True)
+    assert tg.maybe_compile(fn, torch.device("cuda")) == "compiled"
+    assert calls == [(fn, {"dynamic": False})]
+    if hasattr(inductor_config.triton, "mix_order_reduction"):
+        assert inductor_config.triton.mix_order_reduction is False
