@@ -1455,7 +1455,11 @@ def score_first_ttt(h, model: GPT, nll_fn, compiled, val: ValData, d: Dist, log)
     params = freeze_for_ttt(model, h.ttt_freeze_blocks, freeze_embedding=False)
     opt = torch.optim.SGD(params, lr=h.ttt_lr, momentum=h.ttt_momentum)
     per_chunk = torch.zeros(len(chunks), 3, dtype=torch.float64, device=val.tokens.device)
+    t0 = t1 = time.perf_counter()
     for c, windows in enumerate(chunks):
+        if c == 1:  # chunk 0 compiles the scoring and training graphs; later chunks show the steady rate
+            synchronize(d.device)
+            t1 = time.perf_counter()
         per_chunk[c] = all_reduce_(score_windows(h, nll_fn, val, windows[d.rank :: d.world_size], h.eval_stride, d))
         if c == len(chunks) - 1 or h.ttt_epochs == 0:
             continue
@@ -1476,6 +1480,9 @@ def score_first_ttt(h, model: GPT, nll_fn, compiled, val: ValData, d: Dist, log)
                     torch.nn.utils.clip_grad_norm_(params, h.ttt_grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+    synchronize(d.device)
+    log(f"score_first_ttt chunks:{len(chunks)} first_chunk_time:{1000 * (t1 - t0):.0f}ms "
+        f"later_chunks_mean:{1000 * (time.perf_counter() - t1) / max(1, len(chunks) - 1):.0f}ms")
     freeze_for_ttt(model, 0, freeze_embedding=False)
     loss, bpb = bpb_from(per_chunk.sum(0))
     return loss, bpb, per_chunk

@@ -282,6 +282,8 @@ def test_main_legal_run(clean_env, tmp_path):
     ttt = re.findall(rf"^quantized_ttt val_loss:{NUM} val_bpb:{NUM} eval_time:\d+ms mode:score_first_ttt "
                      r"model:ema leaderboard_valid:1$", text, re.M)
     assert len(ttt) == 1, text
+    timing = re.findall(r"^score_first_ttt chunks:(\d+) first_chunk_time:\d+ms later_chunks_mean:\d+ms$", text, re.M)
+    assert len(timing) == 1 and int(timing[0]) > 1, text
     loss, bpb = map(float, ttt[0])
     assert 0 < loss < 5 and 0 < bpb < 5
     sliding = float(re.search(rf"^quantized_sliding_window val_loss:{NUM} val_bpb:{NUM}", text, re.M).group(2))
