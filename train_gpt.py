@@ -75,6 +75,7 @@ def read_hyperparameters() -> SimpleNamespace:
     EVAL_STRIDE = _env(int, "EVAL_STRIDE", 64)
     VAL_BATCH_TOKENS = _env(int, "VAL_BATCH_TOKENS", 524288)
     SLIDING_WINDOW_ENABLED = _env(bool, "SLIDING_WINDOW_ENABLED", True)
+    EVAL_BUDGET_SECONDS = _env(float, "EVAL_BUDGET_SECONDS", 600.0)  # score-first TTT stops adapting to stay inside
     # Model.
     NUM_LAYERS = _env(int, "NUM_LAYERS", 11)
     MODEL_DIM = _env(int, "MODEL_DIM", 512)
@@ -170,6 +171,7 @@ def validate_hyperparameters(h: SimpleNamespace) -> None:
     _require(0.0 <= h.ema_decay < 1.0, "EMA_DECAY", h.ema_decay, "in [0, 1)")
     _require(0.0 < h.logit_softcap <= 64.0, "LOGIT_SOFTCAP", h.logit_softcap,
              "in (0, 64] (the loss sums exp(logit) unshifted, which fp32 holds only for capped logits)")
+    _require(h.eval_budget_seconds > 0, "EVAL_BUDGET_SECONDS", h.eval_budget_seconds, "> 0")
     _require(h.max_wallclock_seconds >= 0, "MAX_WALLCLOCK_SECONDS", h.max_wallclock_seconds, ">= 0 (0 = no cap)")
     _require(h.max_wallclock_seconds == 0 or 0 <= h.gptq_reserve_seconds < h.max_wallclock_seconds,
              "GPTQ_RESERVE_SECONDS", h.gptq_reserve_seconds, f"in [0, MAX_WALLCLOCK_SECONDS={h.max_wallclock_seconds})")
@@ -1444,10 +1446,13 @@ def chunk_windows(plan, chunk_tokens: int) -> list[list[tuple[int, int, int]]]:
     return chunks
 
 
-def score_first_ttt(h, model: GPT, nll_fn, compiled, val: ValData, d: Dist, log) -> tuple[float, float, Tensor]:
+def score_first_ttt(h, model: GPT, nll_fn, compiled, val: ValData, d: Dist, log,
+                    deadline: float = math.inf) -> tuple[float, float, Tensor]:
     """SPEC §8 (leaderboard-valid): for each chunk, score all its windows with the current weights, then train
     on its targets (SGD momentum, cosine LR over chunks, gradients summed across ranks); the last chunk is never
-    trained on. Returns (val_loss, val_bpb, per-chunk (nll, targets, bytes))."""
+    trained on. Training stops for good (every chunk is still scored) once scoring the remaining chunks plus one
+    more training step would end past `deadline` (a time.perf_counter() value) on any rank.
+    Returns (val_loss, val_bpb, per-chunk (nll, targets, bytes))."""
     model.looping = h.num_loops > 0
     C, L = h.ttt_chunk_tokens, h.eval_seq_len
     plan = window_plan(val.tokens.numel() - 1, L, h.eval_stride)
@@ -1455,13 +1460,23 @@ def score_first_ttt(h, model: GPT, nll_fn, compiled, val: ValData, d: Dist, log)
     params = freeze_for_ttt(model, h.ttt_freeze_blocks, freeze_embedding=False)
     opt = torch.optim.SGD(params, lr=h.ttt_lr, momentum=h.ttt_momentum)
     per_chunk = torch.zeros(len(chunks), 3, dtype=torch.float64, device=val.tokens.device)
-    t0 = t1 = time.perf_counter()
+    score_s, train_s, adapting = [], [], True  # seconds per chunk; chunk 0's include compiling both graphs
     for c, windows in enumerate(chunks):
-        if c == 1:  # chunk 0 compiles the scoring and training graphs; later chunks show the steady rate
-            synchronize(d.device)
-            t1 = time.perf_counter()
-        per_chunk[c] = all_reduce_(score_windows(h, nll_fn, val, windows[d.rank :: d.world_size], h.eval_stride, d))
-        if c == len(chunks) - 1 or h.ttt_epochs == 0:
+        t0 = time.perf_counter()
+        local = score_windows(h, nll_fn, val, windows[d.rank :: d.world_size], h.eval_stride, d)
+        synchronize(d.device)
+        t1 = time.perf_counter()
+        score_s.append(t1 - t0)
+        steady = score_s[1:] or score_s
+        train = adapting and h.ttt_epochs > 0 and c < len(chunks) - 1
+        late = t1 + (len(chunks) - 1 - c) * sum(steady) / len(steady) + (train_s[-1] if train_s else 0) > deadline
+        row = all_reduce_(torch.cat([local, local.new_tensor([float(train and late)])]))
+        per_chunk[c] = row[:3]
+        if row[3] > 0:  # a vote on any rank stops every rank, so all ranks keep the same weights
+            log(f"score_first_ttt: stopped adapting before training chunk {c + 1}/{len(chunks)} to end inside "
+                f"EVAL_BUDGET_SECONDS={h.eval_budget_seconds:g} (every chunk is still scored)")
+            adapting = train = False
+        if not train:
             continue
         for group in opt.param_groups:
             group["lr"] = h.ttt_lr * 0.5 * (1 + math.cos(math.pi * c / (len(chunks) - 1)))
@@ -1480,9 +1495,14 @@ def score_first_ttt(h, model: GPT, nll_fn, compiled, val: ValData, d: Dist, log)
                     torch.nn.utils.clip_grad_norm_(params, h.ttt_grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-    synchronize(d.device)
-    log(f"score_first_ttt chunks:{len(chunks)} first_chunk_time:{1000 * (t1 - t0):.0f}ms "
-        f"later_chunks_mean:{1000 * (time.perf_counter() - t1) / max(1, len(chunks) - 1):.0f}ms")
+        synchronize(d.device)
+        train_s.append(time.perf_counter() - t1)
+    def ms(xs: list[float]) -> str:
+        return f"{1000 * sum(xs) / max(1, len(xs)):.0f}ms"
+
+    log(f"score_first_ttt chunks:{len(chunks)} adapted:{len(train_s)} "
+        f"chunk0_score:{ms(score_s[:1])} chunk0_train:{ms(train_s[:1])} "
+        f"later_score_mean:{ms(score_s[1:])} later_train_mean:{ms(train_s[1:])}")
     freeze_for_ttt(model, 0, freeze_embedding=False)
     loss, bpb = bpb_from(per_chunk.sum(0))
     return loss, bpb, per_chunk
@@ -1615,15 +1635,15 @@ def main() -> None:
     if h.ttt_enabled:
         synchronize(d.device)
         t0 = time.perf_counter()
-        vl, vb, _ = score_first_ttt(h, model, nll_fn, compiled, val, d, log)
+        vl, vb, _ = score_first_ttt(h, model, nll_fn, compiled, val, d, log, eval_t0 + h.eval_budget_seconds)
         log(f"quantized_ttt val_loss:{vl:.8f} val_bpb:{vb:.8f} eval_time:{1000 * (time.perf_counter() - t0):.0f}ms "
             f"mode:score_first_ttt {tag}")
         final_label, final_bpb = "quantized_ttt", vb
     synchronize(d.device)
     eval_s = time.perf_counter() - eval_t0
-    log(f"eval_phase_time:{eval_s:.1f}s limit:600s")
-    if eval_s > 600:
-        log(f"WARNING: evaluation phase took {eval_s:.1f}s, over the 600 s evaluation budget")
+    log(f"eval_phase_time:{eval_s:.1f}s limit:{h.eval_budget_seconds:g}s")
+    if eval_s > h.eval_budget_seconds:
+        log(f"WARNING: evaluation phase took {eval_s:.1f}s, over EVAL_BUDGET_SECONDS={h.eval_budget_seconds:g}")
     log(f"final_score source:{final_label} val_bpb:{final_bpb:.8f} {tag}")
     if distributed():
         dist.barrier()  # ranks tear down together: without it, 1 in 6 two-rank gloo runs aborted at exit (SIGABRT)

@@ -3,6 +3,8 @@ target exactly once, the last chunk never trained on; the LEGAL=1 preset end to 
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 import re
 
 import numpy as np
@@ -38,19 +40,19 @@ def make_val(tokens, sidecar) -> tg.ValData:
 
 @pytest.fixture
 def setup(tiny_h, tiny_model, val_arrays):
-    """Factory: (h, run) where run(tokens) -> (loss, bpb, per_chunk, model after TTT) on a fresh copy of one
-    initial model."""
+    """Factory: (h, base, run) where run(tokens) -> (loss, bpb, per_chunk, model after TTT) on a fresh copy of one
+    initial model; run(deadline=..., logs=[...]) passes a deadline and collects the log lines."""
 
     def make(**overrides):
         h = tiny_h(ttt_chunk_tokens=C, ttt_lr=0.05, **overrides)
         base = tiny_model(seed=4)
         tokens, sidecar = val_arrays
 
-        def run(toks=tokens, side=sidecar):
+        def run(toks=tokens, side=sidecar, deadline=math.inf, logs=None):
             model = copy.deepcopy(base)
-            logs = []
+            logs = [] if logs is None else logs
             loss, bpb, per_chunk = tg.score_first_ttt(h, model, model.token_nll, model, make_val(toks, side),
-                                                      cpu_dist(), logs.append)
+                                                      cpu_dist(), logs.append, deadline)
             return loss, bpb, per_chunk, model
 
         return h, base, run
@@ -220,6 +222,36 @@ def test_one_epoch_trains_but_never_on_the_last_chunk(setup, val_arrays):
     assert params_equal(model, model2)  # the final weights never saw the last chunk
 
 
+def test_passed_deadline_scores_everything_and_trains_nothing(setup, val_arrays):
+    h, base, run = setup(ttt_epochs=1)
+    logs = []
+    loss, bpb, per_chunk, model = run(deadline=-math.inf, logs=logs)
+    assert params_equal(model, base)
+    _, _, ref, _ = setup(ttt_epochs=0)[2]()
+    assert torch.equal(per_chunk, ref)  # the untrained model scored every chunk
+    assert logs[0] == (f"score_first_ttt: stopped adapting before training chunk 1/{N_CHUNKS + 1} to end inside "
+                       f"EVAL_BUDGET_SECONDS={h.eval_budget_seconds:g} (every chunk is still scored)")
+    assert re.match(rf"score_first_ttt chunks:{N_CHUNKS + 1} adapted:0 ", logs[-1]), logs
+
+
+def test_deadline_stops_training_midway(setup, val_arrays, monkeypatch):
+    """With a clock that advances 1 s per reading, scoring and training each take 1 s per chunk; the deadline
+    leaves room to train chunks 0-2 and score all, so training stops before chunk 3 (the 4th of 7)."""
+    h, base, run = setup(ttt_epochs=1)
+    _, _, ref, _ = run()
+    clock = itertools.count()
+    monkeypatch.setattr(tg.time, "perf_counter", lambda: float(next(clock)))
+    # Chunk c is scored between readings 3c and 3c+1 and trained until 3c+2; before training chunk c the estimate
+    # is 3c+1 + (6-c) + 1. A deadline of 12 allows c <= 2.
+    logs = []
+    _, _, per_chunk, model = run(deadline=12.0, logs=logs)
+    assert logs[0].startswith(f"score_first_ttt: stopped adapting before training chunk 4/{N_CHUNKS + 1} "), logs
+    assert re.match(rf"score_first_ttt chunks:{N_CHUNKS + 1} adapted:3 ", logs[-1]), logs
+    assert torch.equal(per_chunk[:4], ref[:4])  # scored after the same training on chunks 0-2
+    assert not torch.equal(per_chunk[4:, 0], ref[4:, 0])  # chunk 3 onwards was never trained on
+    assert torch.equal(per_chunk[:, 1], ref[:, 1])  # still every target once
+
+
 def test_freeze_blocks_keeps_early_blocks_fixed(setup):
     h, base, run = setup(ttt_epochs=1, ttt_freeze_blocks=2)
     _, _, _, model = run()
@@ -282,8 +314,10 @@ def test_main_legal_run(clean_env, tmp_path):
     ttt = re.findall(rf"^quantized_ttt val_loss:{NUM} val_bpb:{NUM} eval_time:\d+ms mode:score_first_ttt "
                      r"model:ema leaderboard_valid:1$", text, re.M)
     assert len(ttt) == 1, text
-    timing = re.findall(r"^score_first_ttt chunks:(\d+) first_chunk_time:\d+ms later_chunks_mean:\d+ms$", text, re.M)
-    assert len(timing) == 1 and int(timing[0]) > 1, text
+    timing = re.findall(r"^score_first_ttt chunks:(\d+) adapted:(\d+) chunk0_score:\d+ms chunk0_train:\d+ms "
+                        r"later_score_mean:\d+ms later_train_mean:\d+ms$", text, re.M)
+    assert len(timing) == 1 and int(timing[0][0]) > 1 and int(timing[0][1]) == int(timing[0][0]) - 1, text
+    assert "stopped adapting" not in text
     loss, bpb = map(float, ttt[0])
     assert 0 < loss < 5 and 0 < bpb < 5
     sliding = float(re.search(rf"^quantized_sliding_window val_loss:{NUM} val_bpb:{NUM}", text, re.M).group(2))
@@ -292,3 +326,32 @@ def test_main_legal_run(clean_env, tmp_path):
     final = re.findall(rf"^final_score source:quantized_ttt val_bpb:{NUM} model:ema leaderboard_valid:1$", text, re.M)
     assert len(final) == 1 and float(final[0]) == pytest.approx(bpb, abs=1e-8)
     assert "leaderboard_valid:0" not in text
+
+
+def test_main_legal_run_over_budget_stops_adapting(clean_env, tmp_path):
+    """A budget already spent when the score-first TTT starts: it scores every chunk, trains on none, and the
+    phase reports that it ran over."""
+    tinydata.make_dataset(tmp_path / "data")
+    clean_env.chdir(tmp_path)
+    env = {**TINY_RUN, "ITERATIONS": "4", "WARMUP_STEPS": "0", "LEGAL": "1", "TTT_CHUNK_TOKENS": "1024",
+           "RUN_ID": "over", "EVAL_BUDGET_SECONDS": "0.001"}
+    for k, v in env.items():
+        clean_env.setenv(k, v)
+    tg.main()
+    text = (tmp_path / "logs" / "over.txt").read_text()
+    assert re.search(r"^hparam eval_budget_seconds:0.001$", text, re.M)
+    assert re.search(r"^score_first_ttt: stopped adapting before training chunk 1/\d+ ", text, re.M), text
+    assert re.search(r"^score_first_ttt chunks:\d+ adapted:0 ", text, re.M), text
+    assert re.search(r"^eval_phase_time:[0-9.]+s limit:0.001s$", text, re.M)
+    assert re.search(r"^WARNING: evaluation phase took [0-9.]+s, over EVAL_BUDGET_SECONDS=0.001$", text, re.M)
+    sliding = float(re.search(rf"^quantized_sliding_window val_loss:{NUM} val_bpb:{NUM}", text, re.M).group(2))
+    ttt = float(re.search(rf"^quantized_ttt val_loss:{NUM} val_bpb:{NUM}", text, re.M).group(2))
+    assert ttt == pytest.approx(sliding, rel=1e-9)  # nothing adapted: the same scores as the sliding window
+    assert re.search(rf"^final_score source:quantized_ttt val_bpb:{NUM} model:ema leaderboard_valid:1$", text, re.M)
+
+
+@pytest.mark.parametrize("budget", ["0", "-5"])
+def test_eval_budget_validated(clean_env, budget):
+    clean_env.setenv("EVAL_BUDGET_SECONDS", budget)
+    with pytest.raises(ValueError, match="EVAL_BUDGET_SECONDS"):
+        tg.read_hyperparameters()

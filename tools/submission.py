@@ -68,7 +68,7 @@ PATTERNS = {  # one regex per line kind; each must match a whole line
     "serialized": r"Serialized model quantized\+(?P<compressor>\w+): (?P<bytes>\d+) bytes time:(?P<ms>\d+)ms",
     "total": r"Total submission size quantized\+(?P<compressor>\w+): (?P<bytes>\d+) bytes "
              r"limit:(?P<limit>\d+) zeroed_codes:(?P<zeroed>\d+)",
-    "eval_phase": rf"eval_phase_time:(?P<s>{NUM})s limit:(?P<limit>\d+)s",
+    "eval_phase": rf"eval_phase_time:(?P<s>{NUM})s limit:(?P<limit>{NUM})s",
     "final_score": rf"final_score source:(?P<source>\S+) val_bpb:(?P<bpb>{NUM}) model:(?P<model>\S+) "
                    r"leaderboard_valid:(?P<valid>[01])",
 }
