@@ -9,10 +9,12 @@ Launch:
     LEGAL=1 torchrun --standalone --nproc_per_node=8 train_gpt.py   # leaderboard-valid: score-first TTT
     RESUME_CHECKPOINT=final_model.pt torchrun ...             # skip training after a crash
     python train_gpt.py                                       # one process, GPU or CPU
-Tiny CPU run of the real code path (no CUDA, no compile, float32):
-    DATA_DIR=/tmp/tiny VOCAB_SIZE=64 NUM_LAYERS=2 MODEL_DIM=64 NUM_HEADS=2 NUM_KV_HEADS=1 \
-    TRAIN_SEQ_LEN=32 EVAL_SEQ_LEN=32 EVAL_STRIDE=8 TRAIN_BATCH_TOKENS=2048 ITERATIONS=20 \
-    MAX_WALLCLOCK_SECONDS=0 WARMUP_STEPS=0 python train_gpt.py
+Tiny CPU run of the real code path (no CUDA, no compile, float32), on the tests' tiny dataset:
+    python -c "import sys; sys.path.insert(0, 'tests'); import tinydata; tinydata.make_dataset('/tmp/tiny')"
+    DATA_DIR=/tmp/tiny VOCAB_SIZE=64 NUM_LAYERS=4 MODEL_DIM=64 NUM_HEADS=2 NUM_KV_HEADS=1 LOOP_START=1 LOOP_END=2 \
+    PARALLEL_RESIDUAL_START=3 XSA_LAST_N=4 TRAIN_SEQ_LEN=32 EVAL_SEQ_LEN=32 EVAL_STRIDE=8 TRAIN_BATCH_TOKENS=2048 \
+    VAL_BATCH_TOKENS=2048 ITERATIONS=20 MAX_WALLCLOCK_SECONDS=0 WARMUP_STEPS=0 GPTQ_CALIBRATION_BATCHES=4 \
+    PREQUANT_TTT_EPOCHS=2 PREQUANT_TTT_CHUNK_TOKENS=1024 python train_gpt.py
 """
 from __future__ import annotations
 

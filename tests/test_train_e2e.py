@@ -51,6 +51,23 @@ def test_main_trains_and_evaluates_tiny_run(clean_env, tmp_path):
         assert 0 < float(s_bpb) < 2.5
 
 
+def test_docstring_tiny_command_runs(clean_env, tmp_path):
+    """The tiny CPU command of train_gpt's docstring, as written (only DATA_DIR moved), runs to a final score."""
+    doc = tg.__doc__.split("Tiny CPU run", 1)[1].replace("\\\n", " ")
+    make, run = [line.strip() for line in doc.splitlines()[1:3]]
+    assert "tinydata.make_dataset('/tmp/tiny')" in make and run.endswith("python train_gpt.py"), doc
+    env = dict(item.split("=", 1) for item in run.split()[:-2])
+    assert env.pop("DATA_DIR") == "/tmp/tiny"
+    tinydata.make_dataset(tmp_path / "tiny")
+    clean_env.chdir(tmp_path)
+    for k, v in {**env, "DATA_DIR": str(tmp_path / "tiny"), "RUN_ID": "doc"}.items():
+        clean_env.setenv(k, v)
+    tg.main()
+    text = (tmp_path / "logs" / "doc.txt").read_text()
+    assert re.search(rf"^final_score source:quantized_sliding_window val_bpb:{NUM} model:prequant_ttt "
+                     r"leaderboard_valid:0$", text, re.M), text
+
+
 def test_env_is_clean_after_e2e():
     """monkeypatch restored the environment: no tiny-run variable leaks into later tests."""
     import os
