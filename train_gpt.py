@@ -66,6 +66,7 @@ def read_hyperparameters() -> SimpleNamespace:
     RUN_ID = _env(str, "RUN_ID", uuid.uuid4().hex[:12])
     ITERATIONS = _env(int, "ITERATIONS", 20000)
     MAX_WALLCLOCK_SECONDS = _env(float, "MAX_WALLCLOCK_SECONDS", 600.0)
+    # Taken off the training budget for the GPTQ Hessian pass, which reads training data (timed after training).
     GPTQ_RESERVE_SECONDS = _env(float, "GPTQ_RESERVE_SECONDS", 12.0)
     TRAIN_BATCH_TOKENS = _env(int, "TRAIN_BATCH_TOKENS", 786432)
     TRAIN_SEQ_LEN = _env(int, "TRAIN_SEQ_LEN", 2048)
@@ -180,7 +181,17 @@ def validate_hyperparameters(h: SimpleNamespace) -> None:
     for name in ("warmup_steps", "val_loss_every", "muon_momentum_warmup_steps", "muon_backend_steps",
                  "prequant_ttt_epochs", "ttt_epochs", "prequant_ttt_freeze_blocks", "ttt_freeze_blocks"):
         _require(getattr(h, name) >= 0, name.upper(), getattr(h, name), ">= 0")
-    _require(h.grad_clip_norm >= 0, "GRAD_CLIP_NORM", h.grad_clip_norm, ">= 0 (0 = no clipping)")
+    for name in ("grad_clip_norm", "prequant_ttt_grad_clip", "ttt_grad_clip"):
+        _require(getattr(h, name) >= 0, name.upper(), getattr(h, name), ">= 0 (0 = no clipping)")
+    for name in ("matrix_lr", "scalar_lr", "tied_embed_lr", "prequant_ttt_lr", "ttt_lr", "muon_wd", "embed_wd",
+                 "adam_wd"):
+        _require(getattr(h, name) >= 0, name.upper(), getattr(h, name), ">= 0")
+    for name in ("muon_momentum", "muon_momentum_warmup_start", "beta1", "beta2", "ttt_momentum"):
+        _require(0.0 <= getattr(h, name) < 1.0, name.upper(), getattr(h, name), "in [0, 1)")
+    _require(0.0 <= h.prequant_ttt_min_lr_frac <= 1.0, "PREQUANT_TTT_MIN_LR_FRAC", h.prequant_ttt_min_lr_frac,
+             "in [0, 1]")
+    for name in ("adam_eps", "matrix_clip_sigmas", "embed_clip_sigmas"):
+        _require(getattr(h, name) > 0, name.upper(), getattr(h, name), "> 0")
     _require(not (h.legal and h.prequant_ttt_enabled), "PREQUANT_TTT_ENABLED", 1,
              "0 with LEGAL=1 (pre-quant TTT adapts on validation data before scoring)")
     for name, seq in (("prequant_ttt_chunk_tokens", h.train_seq_len), ("ttt_chunk_tokens", h.eval_seq_len)):
@@ -812,7 +823,7 @@ def all_reduce_flat_(tensors: list[Tensor], scale: float = 1.0) -> None:
 
 
 def ranks_agree(tensors: list[Tensor]) -> bool:
-    """True when every rank holds bitwise the same tensors (compared through float64 checksums)."""
+    """True when every rank's tensors have the same float64 sum and sum of squares (a checksum, not bitwise)."""
     sums = torch.stack([torch.stack((t.double().sum(), t.double().square().sum())) for t in tensors]).flatten()
     lo, hi = sums.clone(), sums.clone()
     all_reduce_(lo, dist.ReduceOp.MIN)
@@ -970,7 +981,7 @@ def train(h, model: GPT, compiled, nll_fn, d: Dist, log, val: ValData) -> tuple[
         for o, s in zip((muon, adam), opt_states):
             o.load_state_dict(s)
         model.looping = False
-        log(f"warmup_done steps:{h.warmup_steps} per_mode time:{1000 * (time.perf_counter() - warm_t0):.0f}ms")
+        log(f"warmup_done steps_per_mode:{h.warmup_steps} time:{1000 * (time.perf_counter() - warm_t0):.0f}ms")
     loader = make_loader()
     ema = EMA(model)
     train_ms, step, stop_after = 0.0, 0, None
@@ -1067,7 +1078,8 @@ def prequant_ttt(h, model: GPT, compiled, val: ValData, d: Dist, log) -> None:
             with autocast_context(d.device):
                 loss = compiled(*chunk_sequences(val.tokens, c, C, L))
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, h.prequant_ttt_grad_clip)
+            if h.prequant_ttt_grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, h.prequant_ttt_grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             total += loss.detach()
@@ -1084,8 +1096,9 @@ def prequant_ttt(h, model: GPT, compiled, val: ValData, d: Dist, log) -> None:
 # a pickle-free tensor format, byte shuffle + Brotli, the counted self-extracting code, a hard size limit.
 
 def collect_hessians(h, model: GPT, d: Dist) -> dict[str, Tensor]:
-    """H = mean over calibration tokens of x^T x for each quantized matrix's input (q/k/v share one), and of
-    the final-norm output for the tied embedding. Batches are split across ranks and summed."""
+    """H = sum of x^T x over every call of each quantized matrix (q/k/v share one; a looped layer adds each of its
+    1+NUM_LOOPS passes), divided by the number of calibration tokens; the final-norm output gives the tied
+    embedding's. Batches are split across ranks and summed."""
     hess: dict[str, Tensor] = {}
 
     def add(name: str, x: Tensor) -> None:
@@ -1324,7 +1337,7 @@ def fit_to_limit(qstate: dict[str, Tensor], hessians: dict[str, Tensor], limit: 
     """Packs qstate within `limit` bytes: if needed, zeroes the nonzero codes whose removal adds the least
     Hessian-weighted error (q*s)^2 * H_jj, in a deterministic order, until the compressed size fits.
 
-    Returns (blob, codes zeroed). Raises if even zeroing every code would not fit."""
+    Returns (blob, codes zeroed). Raises if 8 packing attempts (each a full compression pass) find no fit."""
     blob = pack_state(qstate, method)
     if len(blob) <= limit:
         return blob, 0
@@ -1353,6 +1366,11 @@ def fit_to_limit(qstate: dict[str, Tensor], hessians: dict[str, Tensor], limit: 
     size0, n = len(blob), len(order)
     k = min(n, math.ceil(1.05 * (size0 - limit) / 0.12))
     for attempt in range(8):
+        if attempt:
+            if k == n:
+                break
+            rate = max(1e-4, (size0 - len(blob)) / k)
+            k = min(n, k + math.ceil(1.05 * (len(blob) - limit) / rate))
         zero_lowest(k)
         blob = pack_state(qstate, method)
         log(f"size_guarantee attempt:{attempt + 1} zeroed_codes:{k} bytes:{len(blob)} limit:{limit}")
@@ -1360,12 +1378,8 @@ def fit_to_limit(qstate: dict[str, Tensor], hessians: dict[str, Tensor], limit: 
             log(f"size_guarantee: over by {size0 - limit} bytes; zeroed the {k} lowest-cost codes, "
                 f"saved {size0 - len(blob)} bytes")
             return blob, k
-        if k == n:
-            break
-        rate = max(1e-4, (size0 - len(blob)) / k)
-        k = min(n, k + math.ceil(1.05 * (len(blob) - limit) / rate))
-    raise RuntimeError(f"ARTIFACT_LIMIT: the compressed model cannot be brought under the {limit} bytes the limit "
-                       f"leaves beside the counted code ({len(blob)} bytes with {k} codes zeroed)")
+    raise RuntimeError(f"ARTIFACT_LIMIT: the compressed model did not get under the {limit} bytes the limit leaves "
+                       f"beside the counted code: {len(blob)} bytes with {k} of {n} codes zeroed")
 
 
 def save_checkpoint(model: GPT, path: str, stage: str, d: Dist) -> None:
@@ -1453,7 +1467,7 @@ def score_first_ttt(h, model: GPT, nll_fn, compiled, val: ValData, d: Dist, log,
     """SPEC §8 (leaderboard-valid): for each chunk, score all its windows with the current weights, then train
     on its targets (SGD momentum, cosine LR over chunks, gradients summed across ranks); the last chunk is never
     trained on. Training stops for good (every chunk is still scored) once scoring the remaining chunks plus one
-    more training step would end past `deadline` (a time.perf_counter() value) on any rank.
+    more chunk's training (the last one's time) would end past `deadline` (a time.perf_counter() value) on any rank.
     Returns (val_loss, val_bpb, per-chunk (nll, targets, bytes))."""
     model.looping = h.num_loops > 0
     C, L = h.ttt_chunk_tokens, h.eval_seq_len
@@ -1462,7 +1476,8 @@ def score_first_ttt(h, model: GPT, nll_fn, compiled, val: ValData, d: Dist, log,
     params = freeze_for_ttt(model, h.ttt_freeze_blocks, freeze_embedding=False)
     opt = torch.optim.SGD(params, lr=h.ttt_lr, momentum=h.ttt_momentum)
     per_chunk = torch.zeros(len(chunks), 3, dtype=torch.float64, device=val.tokens.device)
-    score_s, train_s, adapting = [], [], True  # seconds per chunk; chunk 0's include compiling both graphs
+    score_s, train_s, adapting = [], [], True  # seconds per chunk; the first chunk's compile the graphs that
+    # warm-up did not (all of them after RESUME_CHECKPOINT or with WARMUP_STEPS=0)
     for c, windows in enumerate(chunks):
         t0 = time.perf_counter()
         local = score_windows(h, nll_fn, val, windows[d.rank :: d.world_size], h.eval_stride, d)
@@ -1503,7 +1518,7 @@ def score_first_ttt(h, model: GPT, nll_fn, compiled, val: ValData, d: Dist, log,
         return f"{1000 * sum(xs) / max(1, len(xs)):.0f}ms"
 
     log(f"score_first_ttt chunks:{len(chunks)} adapted:{len(train_s)} "
-        f"chunk0_score:{ms(score_s[:1])} chunk0_train:{ms(train_s[:1])} "
+        f"first_chunk_score:{ms(score_s[:1])} first_chunk_train:{ms(train_s[:1])} "
         f"later_score_mean:{ms(score_s[1:])} later_train_mean:{ms(train_s[1:])}")
     freeze_for_ttt(model, 0, freeze_embedding=False)
     loss, bpb = bpb_from(per_chunk.sum(0))
@@ -1555,7 +1570,6 @@ def main() -> None:
     if counted_code >= h.artifact_limit:
         raise ValueError(f"ARTIFACT_LIMIT={h.artifact_limit}: the counted code alone is {counted_code} bytes")
     torch.manual_seed(h.seed)
-    np.random.seed(h.seed)
     if d.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

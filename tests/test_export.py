@@ -460,8 +460,10 @@ def test_fit_to_limit_large_and_impossible_limits(calibrated):
     assert tg.fit_to_limit(q, hessians, len(full), "brotli", logs.append) == (full, 0)
     assert tg.fit_to_limit(q, hessians, 10 * len(full), "brotli", logs.append) == (full, 0)
     assert logs == [] and all(torch.equal(q[k], v) for k, v in qstate.items())
-    with pytest.raises(RuntimeError, match="ARTIFACT_LIMIT"):
+    with pytest.raises(RuntimeError, match="ARTIFACT_LIMIT") as err:
         tg.fit_to_limit(copy.deepcopy(qstate), hessians, 100, "brotli", logs.append)
+    k, size = re.search(r"attempt:\d+ zeroed_codes:(\d+) bytes:(\d+) limit:100$", logs[-1]).groups()
+    assert f": {size} bytes with {k} of " in str(err.value)  # the message reports the last packing it measured
     blob, zeroed = tg.fit_to_limit(copy.deepcopy(qstate), hessians, int(0.9 * len(tg.pack_state(qstate, "lzma"))),
                                    "lzma", logs.append)
     assert blob[:1] == b"L" and zeroed > 0

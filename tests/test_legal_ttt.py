@@ -314,7 +314,7 @@ def test_main_legal_run(clean_env, tmp_path):
     ttt = re.findall(rf"^quantized_ttt val_loss:{NUM} val_bpb:{NUM} eval_time:\d+ms mode:score_first_ttt "
                      r"model:ema leaderboard_valid:1$", text, re.M)
     assert len(ttt) == 1, text
-    timing = re.findall(r"^score_first_ttt chunks:(\d+) adapted:(\d+) chunk0_score:\d+ms chunk0_train:\d+ms "
+    timing = re.findall(r"^score_first_ttt chunks:(\d+) adapted:(\d+) first_chunk_score:\d+ms first_chunk_train:\d+ms "
                         r"later_score_mean:\d+ms later_train_mean:\d+ms$", text, re.M)
     assert len(timing) == 1 and int(timing[0][0]) > 1 and int(timing[0][1]) == int(timing[0][0]) - 1, text
     assert "stopped adapting" not in text

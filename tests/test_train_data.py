@@ -220,6 +220,15 @@ def test_tokenizer_vocab_mismatch_names_tokenizer_path(tiny_data):
     (dict(LOGIT_SOFTCAP="100"), r"LOGIT_SOFTCAP=100.0: expected in \(0, 64\]"),
     (dict(LOGIT_SOFTCAP="0"), r"LOGIT_SOFTCAP=0.0"),
     (dict(MAX_WALLCLOCK_SECONDS="10", GPTQ_RESERVE_SECONDS="12"), r"GPTQ_RESERVE_SECONDS=12.0"),
+    (dict(PREQUANT_TTT_GRAD_CLIP="-1"), r"PREQUANT_TTT_GRAD_CLIP=-1.0: expected >= 0 \(0 = no clipping\)"),
+    (dict(TTT_GRAD_CLIP="-0.5"), r"TTT_GRAD_CLIP=-0.5"),
+    (dict(MATRIX_LR="-0.01"), r"MATRIX_LR=-0.01: expected >= 0"),
+    (dict(TTT_LR="-0.1"), r"TTT_LR=-0.1"),
+    (dict(TTT_MOMENTUM="5"), r"TTT_MOMENTUM=5.0: expected in \[0, 1\)"),
+    (dict(BETA2="2"), r"BETA2=2.0"),
+    (dict(PREQUANT_TTT_MIN_LR_FRAC="-3"), r"PREQUANT_TTT_MIN_LR_FRAC=-3.0: expected in \[0, 1\]"),
+    (dict(ADAM_EPS="-1"), r"ADAM_EPS=-1.0: expected > 0"),
+    (dict(MATRIX_CLIP_SIGMAS="0"), r"MATRIX_CLIP_SIGMAS=0.0"),
 ])
 def test_bad_env_values_name_the_variable(clean_env, env, pattern):
     """read_hyperparameters rejects bad values with a ValueError naming the variable."""

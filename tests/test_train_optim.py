@@ -187,3 +187,18 @@ def test_warm_up_eval_graphs_changes_nothing(tiny_h, tiny_model):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
     assert model.looping is False
+
+
+def test_prequant_ttt_clip_zero_means_no_clipping(tiny_h, tiny_model):
+    """PREQUANT_TTT_GRAD_CLIP=0 trains unclipped, like the other clips (it once zeroed every gradient)."""
+    tokens = torch.randint(0, 64, (4 * 64 + 1,), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    d = tg.Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True, grad_accum_steps=8)
+    weights = {}
+    for clip in (0.0, 1e9):
+        h = tiny_h(prequant_ttt_grad_clip=clip, prequant_ttt_epochs=1, prequant_ttt_chunk_tokens=64)
+        model = tiny_model(seed=3)
+        before = [p.detach().clone() for p in model.parameters()]
+        tg.prequant_ttt(h, model, model, tg.ValData(tokens=tokens, sidecar=None, luts=None), d, lambda _: None)
+        weights[clip] = [p.detach() for p in model.parameters()]
+        assert any(not torch.equal(a, b) for a, b in zip(before, weights[clip]))  # it trained
+    assert all(torch.equal(a, b) for a, b in zip(weights[0.0], weights[1e9]))

@@ -12,7 +12,8 @@ validation tokens with a one-byte-per-token sidecar. Prints a `key:value` table 
 every timed step (`losses recurrence:…`), so that two versions run at one SEED on real text (--data-dir) can be
 compared step by step. `--profile K` profiles K more steps per mode (CUDA only) and prints where the GPU time
 goes: per category (matmul, attention, compiled/Triton kernels, other aten kernels, copies, communication) and
-the top kernels, in ms per step. `--windows 0` skips the evaluation timing.
+the top kernels, in ms per step. `--windows 0` skips the evaluation timing. Like train_gpt.py, it writes its
+lines to logs/bench_<RUN_ID>.txt under the working directory, so run it from a scratch folder.
 """
 from __future__ import annotations
 

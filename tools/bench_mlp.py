@@ -21,9 +21,10 @@ around the autograd.Function): µs per forward and per forward+backward, the lar
 and dW2 against an fp32 computation from the same bf16 inputs, and the saving per optimizer step projected from
 the forward+backward difference (× layer applications × micro-batches; arithmetic, not a measurement).
 `fwd_bwd_extra_mib` is the memory one forward+backward allocates beyond its inputs (saved activations included).
-The kernels run on CPU tensors too under TRITON_INTERPRET=1 (slowly; use tiny --tokens), which checks the math
-where there is no GPU; the interpreter truncates fp32 -> bf16 casts instead of rounding them, so its errors are
-about twice the GPU's. tests/test_tools_bench_mlp.py checks values and gradients either way (skipped without Triton).
+Needs Triton to start. --tokens and --dim must be multiples of 256 (the kernels have no edge masks). The kernels
+run on CPU tensors too under TRITON_INTERPRET=1 (slowly: use --tokens 256 or 512), which checks the math where
+there is no GPU and prints only the error lines; the interpreter truncates fp32 -> bf16 casts instead of rounding
+them, so its errors are about twice the GPU's. tests/test_tools_bench_mlp.py checks values and gradients either way (skipped without Triton).
 """
 from __future__ import annotations
 
