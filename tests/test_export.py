@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -251,6 +252,33 @@ def test_quantize_state_layout(qstate, tiny_model):
             assert qstate[name].dtype == torch.float16 and torch.equal(qstate[name], v.half())
     assert int(qstate["tok_emb.weight.q"].abs().max()) <= 127
     assert max(int(qstate[n + ".q"].abs().max()) for n in big - {"tok_emb.weight"}) <= 31
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1000, 65537])
+def test_brotli_parts_roundtrip_and_layout(n):
+    """BROTLI_PARTS independent parts: tag, part count, uint32 lengths, parts; each part decompresses alone."""
+    import brotli
+
+    data = bytes((i * 7 + i // 300) % 251 for i in range(n))
+    blob = tg.compress(data, "brotli")
+    count, step = blob[1], max(1, -(-n // tg.BROTLI_PARTS))  # parts of ceil(n / BROTLI_PARTS) bytes
+    assert blob[:1] == b"B" and count == len(range(0, n, step)) and (n < 64 or count == tg.BROTLI_PARTS)
+    lengths = np.frombuffer(blob[2 : 2 + 4 * count], dtype="<u4")
+    assert 2 + 4 * count + int(lengths.sum()) == len(blob)
+    pos = 2 + 4 * count
+    for i, length in enumerate(lengths.tolist()):
+        assert brotli.decompress(blob[pos : pos + length]) == data[i * step : (i + 1) * step]
+        pos += length
+    assert tg.decompress(blob) == data
+
+
+def test_brotli_bytes_do_not_depend_on_the_machine(monkeypatch):
+    data = bytes(range(256)) * 400
+    blobs = []
+    for cpus in (1, 3, 64):
+        monkeypatch.setattr(tg.os, "cpu_count", lambda cpus=cpus: cpus)
+        blobs.append(tg.compress(data, "brotli"))
+    assert blobs[0] == blobs[1] == blobs[2]
 
 
 @pytest.mark.parametrize("method", ["brotli", "lzma"])
