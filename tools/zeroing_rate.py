@@ -7,6 +7,7 @@ train_gpt's SDClip scales; codes are zeroed in order of a random Hessian-like co
 train_gpt.fit_to_limit does, and the packed state (train_gpt.pack_state's serialisation + byte shuffle) is
 compressed at qualities 5, 9, 10 and 11. Prints sizes, times and bytes saved per zeroed code.
 """
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ N_MAT, ROWS, COLS = 6, 512, 2048
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     g = torch.Generator().manual_seed(0)
     q = {}
     for i in range(N_MAT):
