@@ -1285,7 +1285,7 @@ def compress(data: bytes, method: str, parts: int = BROTLI_PARTS) -> bytes:
         step = max(1, -(-len(data) // parts))
         with ThreadPoolExecutor(min(parts, os.cpu_count() or 1)) as pool:
             out = list(pool.map(lambda i: brotli.compress(data[i : i + step], quality=11), range(0, len(data), step)))
-        return b"B" + bytes([len(out)]) + np.array([len(c) for c in out], dtype="<u4").tobytes() + b"".join(out)
+        return COMPRESSORS[method] + bytes([len(out)]) + np.array([len(c) for c in out], dtype="<u4").tobytes() + b"".join(out)
     return COMPRESSORS[method] + lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
 
 
@@ -1487,8 +1487,9 @@ def score_first_ttt(h, model: GPT, nll_fn, compiled, val: ValData, d: Dist, log,
     params = freeze_for_ttt(model, h.ttt_freeze_blocks, freeze_embedding=False)
     opt = torch.optim.SGD(params, lr=h.ttt_lr, momentum=h.ttt_momentum)
     per_chunk = torch.zeros(len(chunks), 3, dtype=torch.float64, device=val.tokens.device)
-    score_s, train_s, adapting = [], [], True  # seconds per chunk; the first chunk's compile the graphs that
-    # warm-up did not (all of them after RESUME_CHECKPOINT or with WARMUP_STEPS=0)
+    # Seconds per chunk. The first chunk's include compiling what warm-up did not (everything after RESUME_CHECKPOINT
+    # or with WARMUP_STEPS=0), so the estimates use the later chunks once there are any.
+    score_s, train_s, adapting = [], [], True
     for c, windows in enumerate(chunks):
         t0 = time.perf_counter()
         local = score_windows(h, nll_fn, val, windows[d.rank :: d.world_size], h.eval_stride, d)
@@ -1525,6 +1526,7 @@ def score_first_ttt(h, model: GPT, nll_fn, compiled, val: ValData, d: Dist, log,
                 opt.zero_grad(set_to_none=True)
         synchronize(d.device)
         train_s.append(time.perf_counter() - t1)
+
     def ms(xs: list[float]) -> str:
         return f"{1000 * sum(xs) / max(1, len(xs)):.0f}ms"
 
