@@ -19,7 +19,8 @@ reference: act(h) is rounded to bf16 once before its product, dy · W2 is rounde
 Prints, for the reference (torch.compile of train_gpt.MLP's formula) and the candidate (eager, and compiled
 around the autograd.Function): µs per forward and per forward+backward, the largest relative error of y, dx, dW1
 and dW2 against an fp32 computation from the same bf16 inputs, and the saving per optimizer step projected from
-the forward+backward difference (× layer applications × micro-batches; arithmetic, not a measurement).
+the forward+backward difference (× layer applications × micro-batches; arithmetic, not a measurement); and
+each Triton product against the cuBLAS product it replaces, to tell the products' speed from the fusion's gain.
 `fwd_bwd_extra_mib` is the memory one forward+backward allocates beyond its inputs (saved activations included).
 Needs Triton to start. --tokens and --dim must be multiples of 256 (the kernels have no edge masks). The kernels
 run on CPU tensors too under TRITON_INTERPRET=1 (slowly: use --tokens 256 or 512), which checks the math where
@@ -199,6 +200,35 @@ def time_us(fn, x, w1, w2, dy, backward: bool, iters: int) -> float:
     return 1000 * start.elapsed_time(end) / iters
 
 
+def time_call_us(fn, iters: int) -> float:
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return 1000 * start.elapsed_time(end) / iters
+
+
+def product_times(x, w1, w2, dy, iters: int) -> None:
+    """Each Triton product against the cuBLAS product it replaces (without the activation pass it also saves)."""
+    with torch.no_grad():
+        h = x @ w1.t()
+        a = F.leaky_relu(h, negative_slope=0.5).square()
+        split = 4  # what FusedMLP.backward picks on a 132-SM H100 at the training shape
+        pairs = {
+            "down_fwd act(h)·W2ᵀ": (lambda: act_mm(h, w2.t()), lambda: a @ w2.t()),
+            "grad_h (dy·W2)⊙act'(h)": (lambda: mm_dact(dy, w2, h), lambda: dy @ w2),
+            "grad_W2ᵀ act(h)ᵀ·dy": (lambda: act_mm(h.t(), dy, split), lambda: a.t() @ dy),
+        }
+        for name, (triton_fn, cublas_fn) in pairs.items():
+            t, c = time_call_us(triton_fn, iters), time_call_us(cublas_fn, iters)
+            print(f"product {name} triton_us:{t:.1f} cublas_us:{c:.1f} ratio:{t / c:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=98304, help="rows per product: one micro-batch (48 x 2048)")
@@ -245,6 +275,8 @@ def main() -> None:
             results[name] = both
             line += f" fwd_us:{fwd:.1f} fwd_bwd_us:{both:.1f} fwd_bwd_extra_mib:{extra:.0f}"
         print(line)
+    if device.type == "cuda":
+        product_times(x, w1, w2, dy, args.iters)
     ref = results.get("reference")
     for name, us in results.items():
         if name != "reference" and ref:
