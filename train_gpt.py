@@ -169,7 +169,7 @@ def validate_hyperparameters(h: SimpleNamespace) -> None:
     _require(h.eval_stride <= h.eval_seq_len, "EVAL_STRIDE", h.eval_stride, f"<= EVAL_SEQ_LEN={h.eval_seq_len}")
     _require(h.val_batch_tokens >= h.eval_seq_len, "VAL_BATCH_TOKENS", h.val_batch_tokens,
              f">= EVAL_SEQ_LEN={h.eval_seq_len}")
-    for name in ("warmdown_frac", "enable_looping_at"):
+    for name in ("warmdown_frac", "enable_looping_at", "prequant_ttt_min_lr_frac"):
         _require(0.0 <= getattr(h, name) <= 1.0, name.upper(), getattr(h, name), "in [0, 1]")
     _require(0.0 <= h.ema_decay < 1.0, "EMA_DECAY", h.ema_decay, "in [0, 1)")
     _require(0.0 < h.logit_softcap <= 64.0, "LOGIT_SOFTCAP", h.logit_softcap,
@@ -179,17 +179,13 @@ def validate_hyperparameters(h: SimpleNamespace) -> None:
     _require(h.max_wallclock_seconds == 0 or 0 <= h.gptq_reserve_seconds < h.max_wallclock_seconds,
              "GPTQ_RESERVE_SECONDS", h.gptq_reserve_seconds, f"in [0, MAX_WALLCLOCK_SECONDS={h.max_wallclock_seconds})")
     for name in ("warmup_steps", "val_loss_every", "muon_momentum_warmup_steps", "muon_backend_steps",
-                 "prequant_ttt_epochs", "ttt_epochs", "prequant_ttt_freeze_blocks", "ttt_freeze_blocks"):
+                 "prequant_ttt_epochs", "ttt_epochs", "prequant_ttt_freeze_blocks", "ttt_freeze_blocks", "matrix_lr",
+                 "scalar_lr", "tied_embed_lr", "prequant_ttt_lr", "ttt_lr", "muon_wd", "embed_wd", "adam_wd"):
         _require(getattr(h, name) >= 0, name.upper(), getattr(h, name), ">= 0")
     for name in ("grad_clip_norm", "prequant_ttt_grad_clip", "ttt_grad_clip"):
         _require(getattr(h, name) >= 0, name.upper(), getattr(h, name), ">= 0 (0 = no clipping)")
-    for name in ("matrix_lr", "scalar_lr", "tied_embed_lr", "prequant_ttt_lr", "ttt_lr", "muon_wd", "embed_wd",
-                 "adam_wd"):
-        _require(getattr(h, name) >= 0, name.upper(), getattr(h, name), ">= 0")
     for name in ("muon_momentum", "muon_momentum_warmup_start", "beta1", "beta2", "ttt_momentum"):
         _require(0.0 <= getattr(h, name) < 1.0, name.upper(), getattr(h, name), "in [0, 1)")
-    _require(0.0 <= h.prequant_ttt_min_lr_frac <= 1.0, "PREQUANT_TTT_MIN_LR_FRAC", h.prequant_ttt_min_lr_frac,
-             "in [0, 1]")
     for name in ("adam_eps", "matrix_clip_sigmas", "embed_clip_sigmas"):
         _require(getattr(h, name) > 0, name.upper(), getattr(h, name), "> 0")
     _require(not (h.legal and h.prequant_ttt_enabled), "PREQUANT_TTT_ENABLED", 1,
@@ -1285,7 +1281,8 @@ def compress(data: bytes, method: str, parts: int = BROTLI_PARTS) -> bytes:
         step = max(1, -(-len(data) // parts))
         with ThreadPoolExecutor(min(parts, os.cpu_count() or 1)) as pool:
             out = list(pool.map(lambda i: brotli.compress(data[i : i + step], quality=11), range(0, len(data), step)))
-        return COMPRESSORS[method] + bytes([len(out)]) + np.array([len(c) for c in out], dtype="<u4").tobytes() + b"".join(out)
+        lengths = np.array([len(c) for c in out], dtype="<u4").tobytes()
+        return COMPRESSORS[method] + bytes([len(out)]) + lengths + b"".join(out)
     return COMPRESSORS[method] + lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
 
 
