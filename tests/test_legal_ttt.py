@@ -296,15 +296,19 @@ def test_ttt_chunk_tokens_validated(clean_env, chunk):
 # 14: LEGAL=1 end to end.
 
 
-def test_main_legal_run(clean_env, tmp_path):
+def legal_main(clean_env, tmp_path, run_id: str, **env: str) -> str:
+    """main() with LEGAL=1 on a fresh tiny dataset in tmp_path; returns the log."""
     tinydata.make_dataset(tmp_path / "data")
     clean_env.chdir(tmp_path)
-    env = {**TINY_RUN, "ITERATIONS": "10", "WARMUP_STEPS": "0", "LEGAL": "1", "TTT_CHUNK_TOKENS": "1024",
-           "RUN_ID": "legal"}
-    for k, v in env.items():
+    for k, v in {**TINY_RUN, "WARMUP_STEPS": "0", "LEGAL": "1", "TTT_CHUNK_TOKENS": "1024", "RUN_ID": run_id,
+                 **env}.items():
         clean_env.setenv(k, v)
     tg.main()
-    text = (tmp_path / "logs" / "legal.txt").read_text()
+    return (tmp_path / "logs" / f"{run_id}.txt").read_text()
+
+
+def test_main_legal_run(clean_env, tmp_path):
+    text = legal_main(clean_env, tmp_path, "legal", ITERATIONS="10")
     assert not re.search(r"^prequant_ttt|^post-ttt|model:prequant_ttt", text, re.M), text
     assert not (tmp_path / "final_model.ttt.pt").exists()
     assert (tmp_path / "final_model.pt").is_file() and (tmp_path / "final_model.int6.ptz").is_file()
@@ -331,14 +335,7 @@ def test_main_legal_run(clean_env, tmp_path):
 def test_main_legal_run_over_budget_stops_adapting(clean_env, tmp_path):
     """A budget already spent when the score-first TTT starts: it scores every chunk, trains on none, and the
     phase reports that it ran over."""
-    tinydata.make_dataset(tmp_path / "data")
-    clean_env.chdir(tmp_path)
-    env = {**TINY_RUN, "ITERATIONS": "4", "WARMUP_STEPS": "0", "LEGAL": "1", "TTT_CHUNK_TOKENS": "1024",
-           "RUN_ID": "over", "EVAL_BUDGET_SECONDS": "0.001"}
-    for k, v in env.items():
-        clean_env.setenv(k, v)
-    tg.main()
-    text = (tmp_path / "logs" / "over.txt").read_text()
+    text = legal_main(clean_env, tmp_path, "over", ITERATIONS="4", EVAL_BUDGET_SECONDS="0.001")
     assert re.search(r"^hparam eval_budget_seconds:0.001$", text, re.M)
     assert re.search(r"^score_first_ttt: stopped adapting before training chunk 1/\d+ ", text, re.M), text
     assert re.search(r"^score_first_ttt chunks:\d+ adapted:0 ", text, re.M), text
