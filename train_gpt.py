@@ -230,6 +230,12 @@ def distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def shut_down_distributed() -> None:
+    if distributed():
+        dist.barrier()  # ranks tear down together: without it, 1 in 6 two-rank gloo runs aborted at exit (SIGABRT)
+        dist.destroy_process_group()
+
+
 def all_reduce_(t: Tensor, op=dist.ReduceOp.SUM) -> Tensor:
     if distributed():
         dist.all_reduce(t, op=op)
@@ -1671,9 +1677,7 @@ def main() -> None:
     if eval_s > h.eval_budget_seconds:
         log(f"WARNING: evaluation phase took {eval_s:.1f}s, over EVAL_BUDGET_SECONDS={h.eval_budget_seconds:g}")
     log(f"final_score source:{final_label} val_bpb:{final_bpb:.8f} {tag}")
-    if distributed():
-        dist.barrier()  # ranks tear down together: without it, 1 in 6 two-rank gloo runs aborted at exit (SIGABRT)
-        dist.destroy_process_group()
+    shut_down_distributed()
 
 
 if __name__ == "__main__":

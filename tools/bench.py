@@ -185,8 +185,7 @@ def main(argv=None) -> int:
 def finish(tmp) -> int:
     if tmp is not None:
         tmp.cleanup()
-    if tg.distributed():
-        tg.dist.destroy_process_group()
+    tg.shut_down_distributed()
     return 0
 
 
