@@ -8,11 +8,22 @@
 # plus Wikipedia), then runs, each logging to RUN_DIR:
 #   1. the default configuration with 120 s of training (MAX_WALLCLOCK_SECONDS=132 incl. the 12 s GPTQ reserve),
 #      3 pre-quant TTT epochs, GPTQ, Brotli, reload and scoring;
-#   2. the legal mode (LEGAL=1) resumed from run 1's post-EMA checkpoint.
-# Environment: GPU_CHECK_STEPS="pipeline legal" picks the runs; extra variables pass through to train_gpt.py.
+#   2. the legal mode (LEGAL=1) resumed from run 1's post-EMA checkpoint (so its graphs compile inside the
+#      evaluation phase);
+#   3. (only when named) legal_full: a whole LEGAL=1 run with 28 s of training and 64 Hessian batches, whose
+#      warm-up compiles the score-first TTT graphs as a real run's does.
+# Environment: GPU_CHECK_STEPS="pipeline legal" (default) picks the runs; extra variables pass through to
+# train_gpt.py.
 set -uo pipefail
 R=${1:?usage: gpu_check.sh RUN_DIR [NPROC]}
 N=${2:-1}
+STEPS=${GPU_CHECK_STEPS:-pipeline legal}
+for step in $STEPS; do
+  case $step in
+    pipeline|legal|legal_full) ;;
+    *) echo "GPU_CHECK_STEPS: unknown step '$step' (expected pipeline, legal or legal_full)" >&2; exit 2 ;;
+  esac
+done
 mkdir -p "$R"
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
@@ -29,13 +40,16 @@ mkdir -p "$W" && cd "$W"
 launch() {
   if [ "$N" = 1 ]; then python3 "$REPO/train_gpt.py"; else torchrun --standalone --nproc_per_node="$N" "$REPO/train_gpt.py"; fi
 }
-for step in ${GPU_CHECK_STEPS:-pipeline legal}; do
+for step in $STEPS; do
   case $step in
     pipeline)
       RUN_ID=gpu${N}_pipeline MAX_WALLCLOCK_SECONDS=132 PREQUANT_TTT_EPOCHS=3 TRAIN_LOG_EVERY=10 \
         launch > "$R/gpu${N}_pipeline.out" 2>&1 ;;
     legal)
       RUN_ID=gpu${N}_legal RESUME_CHECKPOINT=$W/final_model.pt LEGAL=1 launch > "$R/gpu${N}_legal.out" 2>&1 ;;
+    legal_full)
+      RUN_ID=gpu${N}_legal_full LEGAL=1 MAX_WALLCLOCK_SECONDS=40 GPTQ_CALIBRATION_BATCHES=64 TRAIN_LOG_EVERY=10 \
+        launch > "$R/gpu${N}_legal_full.out" 2>&1 ;;
   esac
   echo "$step rc=$?" >> "$R/status.txt"
 done
