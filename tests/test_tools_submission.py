@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LEGAL, PIPELINE = FIXTURES / "gpu1_legal.txt", FIXTURES / "gpu1_pipeline.txt"
+LEGAL_FULL = FIXTURES / "gpu1_legal_full.txt"
 
 _spec = importlib.util.spec_from_file_location("submission", ROOT / "tools" / "submission.py")
 sub = importlib.util.module_from_spec(_spec)
@@ -60,6 +61,38 @@ def test_parse_pipeline_fixture():
     assert run["source"] == "quantized_sliding_window" and run["val_bpb"] == 1.80404004
     assert run["leaderboard_valid"] is False and run["prequant_ttt"] is True
     assert (run["artifact_bytes"], run["model_bytes"], run["zeroed_codes"]) == (15974339, 15953977, 246211)
+
+
+def test_parse_legal_full_fixture():
+    """A whole LEGAL=1 run: training lines and the score-first TTT summary (57 chunks, the last never trained on)."""
+    run = sub.parse_log(LEGAL_FULL)
+    assert run["resumed"] is False and run["steps"] == 31 and run["train_time_ms"] == 29490
+    assert run["source"] == "quantized_ttt" and run["val_bpb"] == 2.21389596 and run["leaderboard_valid"] is True
+    assert run["eval_phase_time_s"] == 84.7 and run["artifact_bytes"] == 15975129
+    assert (run["score_first_ttt_chunks"], run["score_first_ttt_adapted"]) == (57, 56)
+    assert run["score_first_ttt_stopped_early"] is False
+    assert sub.parse_log(LEGAL)["score_first_ttt_chunks"] is None  # older logs have no summary line
+    assert sub.parse_log(PIPELINE)["score_first_ttt_stopped_early"] is None
+
+
+def test_budget_stop_is_reported(tmp_path):
+    """When EVAL_BUDGET_SECONDS stopped the adaptation, the per-seed record and the README table say so."""
+    text = LEGAL_FULL.read_text()
+    stop = ("score_first_ttt: stopped adapting before training chunk 31/57 to end inside EVAL_BUDGET_SECONDS=600 "
+            "(every chunk is still scored)\n")
+    text = re.sub(r"(?m)^score_first_ttt chunks:57 adapted:56 ", lambda m: stop + "score_first_ttt chunks:57 adapted:30 ",
+                  text)
+    log = tmp_path / "stopped.txt"
+    log.write_text(text)
+    run = sub.parse_log(log)
+    assert (run["score_first_ttt_adapted"], run["score_first_ttt_stopped_early"]) == (30, True)
+    table = sub.readme_table(sub.build_submission([run], date="2026-01-02"))
+    assert "Seed 1337: score-first TTT stopped adapting" in table and "trained on 30 of 57 chunks" in table
+    assert "stopped adapting" not in sub.readme_table(sub.build_submission([sub.parse_log(LEGAL_FULL)]))
+
+    (tmp_path / "orphan.txt").write_text(re.sub(r"(?m)^score_first_ttt chunks:.*\n", "", text))
+    with pytest.raises(sub.LogError, match="orphan.txt: a `score_first_ttt: stopped adapting"):
+        sub.parse_log(tmp_path / "orphan.txt")
 
 
 def test_single_legal_log():

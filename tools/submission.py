@@ -14,7 +14,8 @@ read from those logs; nothing is typed by hand except the optional labels:
                 count must equal the logs' world size (default: world size x the log's device type, e.g. "8xcuda")
 
 submission.json holds the mean and sample std of the final score over seeds, one entry per seed (scores, sizes,
-steps, timings, throughput, memory), the evaluation mode, leaderboard validity with the reason, and the rule
+steps, timings, throughput, memory, and for score-first TTT the chunks trained on and whether the evaluation
+budget stopped that training early), the evaluation mode, leaderboard validity with the reason, and the rule
 checks (training <= 600 s, evaluation phase <= 600 s, artifact <= 16,000,000 bytes), each as a boolean (null when
 the logs cannot tell, e.g. a resumed run has no training lines) together with the figures behind it.
 
@@ -68,13 +69,16 @@ PATTERNS = {  # one regex per line kind; each must match a whole line
     "serialized": r"Serialized model quantized\+(?P<compressor>\w+): (?P<bytes>\d+) bytes time:(?P<ms>\d+)ms",
     "total": r"Total submission size quantized\+(?P<compressor>\w+): (?P<bytes>\d+) bytes "
              r"limit:(?P<limit>\d+) zeroed_codes:(?P<zeroed>\d+)",
+    "score_first_ttt": r"score_first_ttt chunks:(?P<chunks>\d+) adapted:(?P<adapted>\d+) .*",
+    "score_first_ttt_stop": r"score_first_ttt: stopped adapting before training chunk (?P<chunk>\d+)/(?P<chunks>\d+) .*",
     "eval_phase": rf"eval_phase_time:(?P<s>{NUM})s limit:(?P<limit>{NUM})s",
     "final_score": rf"final_score source:(?P<source>\S+) val_bpb:(?P<bpb>{NUM}) model:(?P<model>\S+) "
                    r"leaderboard_valid:(?P<valid>[01])",
 }
 PATTERNS = {k: re.compile(v) for k, v in PATTERNS.items()}
 SINGLE = ("header", "val_tokens", "code_bytes", "model_params", "resumed", "stopping_early", "peak_memory",
-          "serialized", "total", "eval_phase", "final_score")  # line kinds a single run writes at most once
+          "serialized", "total", "score_first_ttt", "score_first_ttt_stop", "eval_phase",
+          "final_score")  # line kinds a single run writes at most once
 REQUIRED = {"header": "run_id:... world_size:...", "total": "Total submission size ...",
             "final_score": "final_score source:..."}
 
@@ -158,6 +162,10 @@ def parse_log(path) -> dict:
                        "nor a `resumed checkpoint:` line")
     if resumed and train_val is not None:
         raise LogError(f"{path}: has both a `resumed checkpoint:` line and training lines")
+    sft, stop = one["score_first_ttt"], one["score_first_ttt_stop"]
+    if stop is not None and sft is None:
+        raise LogError(f"{path}: a `score_first_ttt: stopped adapting ...` line without the `score_first_ttt chunks:...` "
+                       "summary line")
     tput = {m["looping"]: int(m["tps"]) for m in found["throughput"]}
     mem = one["peak_memory"]
     return {
@@ -185,6 +193,10 @@ def parse_log(path) -> dict:
         "train_time_ms": int(train_val["ms"]) if train_val else None,
         "max_wallclock_seconds": float(hp["max_wallclock_seconds"]) if "max_wallclock_seconds" in hp else None,
         "eval_phase_time_s": _finite(path, "eval_phase_time", one["eval_phase"]["s"]) if one["eval_phase"] else None,
+        # Score-first TTT: chunks scored, chunks trained on, and whether EVAL_BUDGET_SECONDS stopped the training.
+        "score_first_ttt_chunks": int(sft["chunks"]) if sft else None,
+        "score_first_ttt_adapted": int(sft["adapted"]) if sft else None,
+        "score_first_ttt_stopped_early": (stop is not None) if sft else None,
         "tokens_per_s_before_recurrence": tput.get("0"),
         "tokens_per_s_after_recurrence": tput.get("1"),
         "peak_memory_allocated_mib": int(mem["alloc"]) if mem else None,
@@ -377,6 +389,9 @@ def readme_table(sub: dict) -> str:
         return "yes" if ok else ("no (pre-quant TTT)" if sub["evaluation"]["prequant_ttt"] else "no")
 
     rows = [f"Evaluation: {sub['evaluation_mode']} on {sub['hardware']} (final score: `{sub['evaluation']['final_source']}`).",
+            *[f"Seed {s['seed']}: score-first TTT stopped adapting to stay inside EVAL_BUDGET_SECONDS; it trained on "
+              f"{s['score_first_ttt_adapted']} of {s['score_first_ttt_chunks']} chunks (every chunk was scored)."
+              for s in sub["per_seed"] if s["score_first_ttt_stopped_early"]],
             "",
             "| seed | steps | train time | eval phase time | artifact bytes | final val_bpb | leaderboard-valid |",
             "|---:|---:|---:|---:|---:|---:|:---|"]
