@@ -1011,8 +1011,8 @@ def train(h, model: GPT, compiled, nll_fn, d: Dist, log, val: ValData) -> tuple[
         if not model.looping and h.num_loops > 0 and progress >= h.enable_looping_at:
             model.looping = True
             loop_switch = (step, train_ms + 1000 * (time.perf_counter() - t0))
-            log(f"recurrence:on step:{step} train_time:{loop_switch[1]:.0f}ms "
-                f"layers:{','.join(map(str, model.layer_order()))}")
+            layers = ",".join(map(str, model.layer_order()))
+            log(f"recurrence:on step:{step} train_time:{loop_switch[1]:.0f}ms layers:{layers}")
         loss = train_step(h, model, compiled, (muon, adam), loader, d, step, lr_multiplier(progress, h.warmdown_frac))
         ema.update(step, h.ema_decay)
         step += 1
@@ -1625,7 +1625,8 @@ def main() -> None:
             stage = "post_ttt"
             save_checkpoint(model, "final_model.ttt.pt", stage, d)
     valid = int(stage != "post_ttt")  # pre-quant TTT adapted on validation data: nothing after it is valid
-    tag = f"model:{'prequant_ttt' if stage == 'post_ttt' else 'ema'} leaderboard_valid:{valid}"
+    scored = "prequant_ttt" if stage == "post_ttt" else "ema"
+    tag = f"model:{scored} leaderboard_valid:{valid}"
     if stage == "post_ttt":
         timed_eval("post-ttt", h.eval_seq_len, tag)
     t0 = time.perf_counter()
