@@ -30,3 +30,21 @@ def test_pack_tool_refuses_packed_input(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "pack.py"), str(tmp_path / "twice"),
                         "--source", str(once / "train_gpt.py")], capture_output=True, text=True)
     assert r.returncode != 0 and "already packed" in r.stderr
+
+
+def test_pack_tool_checks_the_size_the_run_budgeted(tmp_path):
+    """--check-log writes the copy only when its size is the `counted:` figure of the run's log."""
+    counted = tg.code_bytes(ROOT / "train_gpt.py")[1]
+    good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"
+    good.write_text(f"hparam seed:1\ncode_bytes source:1 counted:{counted}\n")
+    bad.write_text(f"code_bytes source:1 counted:{counted + 11}\n")
+    tool = [sys.executable, str(ROOT / "tools" / "pack.py")]
+    subprocess.run(tool + [str(tmp_path / "ok"), "--check-log", str(good)], check=True, capture_output=True)
+    assert (tmp_path / "ok" / "train_gpt.py").stat().st_size == counted
+    r = subprocess.run(tool + [str(tmp_path / "no"), "--check-log", str(bad)], capture_output=True, text=True)
+    assert r.returncode != 0 and f"budgeted {counted + 11} counted code bytes, but this copy has {counted}" in r.stderr
+    assert not (tmp_path / "no" / "train_gpt.py").exists()
+    (tmp_path / "none.txt").write_text("hparam seed:1\n")
+    r = subprocess.run(tool + [str(tmp_path / "no"), "--check-log", str(tmp_path / "none.txt")], capture_output=True,
+                       text=True)
+    assert r.returncode != 0 and "expected one `code_bytes source:N counted:M` value" in r.stderr

@@ -2,13 +2,19 @@
 
     python tools/pack.py RECORD_DIR            # writes RECORD_DIR/train_gpt.py
     python tools/pack.py RECORD_DIR --source other/train_gpt.py
+    python tools/pack.py RECORD_DIR --check-log logs/RUN_ID.txt   # refuse unless the size matches the run's
 
 The packed file is train_gpt's own pack_source(): the minified program (no comments or docstrings), raw LZMA2,
 base85, inside an `exec` wrapper. It runs exactly like the source and counts itself as it is.
+
+A run of the source budgets the artifact with the counted size it computes for its own packed form (its log's
+`code_bytes ... counted:N` line), so the record's packed copy must have exactly N bytes: --check-log compares
+the two and writes nothing when they differ (another liblzma or Python version can pack differently).
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -22,12 +28,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir", type=Path, help="record folder to write train_gpt.py into")
     ap.add_argument("--source", type=Path, default=ROOT / "train_gpt.py", help="script to pack")
+    ap.add_argument("--check-log", type=Path, help="a train_gpt.py log whose counted code bytes the copy must match")
     args = ap.parse_args(argv)
     source = args.source.read_text(encoding="utf-8")
     if source.startswith(train_gpt.PACK_PREFIX):
         ap.error(f"{args.source} is already packed")
     packed = train_gpt.pack_source(source)
     compile(packed, "packed", "exec")
+    if args.check_log:
+        found = re.findall(r"(?m)^code_bytes source:\d+ counted:(\d+)$", args.check_log.read_text(encoding="utf-8"))
+        if len(set(found)) != 1:
+            ap.error(f"{args.check_log}: expected one `code_bytes source:N counted:M` value, found {sorted(set(found))}")
+        if int(found[0]) != len(packed.encode()):
+            ap.error(f"{args.check_log}: the run budgeted {found[0]} counted code bytes, but this copy has "
+                     f"{len(packed.encode())}: pack with the source and Python/liblzma the run used, or rerun")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / "train_gpt.py"
     if out.resolve() == args.source.resolve():
