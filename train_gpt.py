@@ -29,6 +29,7 @@ import re
 import sys
 import time
 import uuid
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -1279,7 +1280,8 @@ BROTLI_PARTS = 8
 
 
 def compress(data: bytes, method: str, parts: int = BROTLI_PARTS) -> bytes:
-    """Tag byte + payload; brotli's payload is the part count, the parts' uint32 lengths, then the parts."""
+    """Tag byte + payload; brotli's payload is the part count, the parts' uint32 lengths, the CRC-32 of `data`
+    (brotli has no checksum; xz has its own), then the parts."""
     if method == "brotli":
         import brotli
         from concurrent.futures import ThreadPoolExecutor
@@ -1287,8 +1289,8 @@ def compress(data: bytes, method: str, parts: int = BROTLI_PARTS) -> bytes:
         step = max(1, -(-len(data) // parts))
         with ThreadPoolExecutor(min(parts, os.cpu_count() or 1)) as pool:
             out = list(pool.map(lambda i: brotli.compress(data[i : i + step], quality=11), range(0, len(data), step)))
-        lengths = np.array([len(c) for c in out], dtype="<u4").tobytes()
-        return COMPRESSORS[method] + bytes([len(out)]) + lengths + b"".join(out)
+        head = np.array([len(c) for c in out] + [zlib.crc32(data)], dtype="<u4").tobytes()
+        return COMPRESSORS[method] + bytes([len(out)]) + head + b"".join(out)
     return COMPRESSORS[method] + lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
 
 
@@ -1296,9 +1298,16 @@ def decompress(blob: bytes) -> bytes:
     if blob[:1] == b"B":
         import brotli
 
-        lengths = np.frombuffer(blob, dtype="<u4", count=blob[1], offset=2).tolist()
-        ends = np.cumsum([2 + 4 * blob[1]] + lengths).tolist()
-        return b"".join(brotli.decompress(blob[a:b]) for a, b in zip(ends, ends[1:]))
+        n = blob[1] if len(blob) > 1 else 0
+        head = np.frombuffer(blob[2 : 6 + 4 * n], dtype="<u4").tolist() if len(blob) >= 6 + 4 * n else [0]
+        ends = np.cumsum([6 + 4 * n] + head[:-1]).tolist()
+        try:
+            data = b"".join(brotli.decompress(blob[a:b]) for a, b in zip(ends, ends[1:]))
+        except brotli.error:
+            data = None
+        if ends[-1] != len(blob) or data is None or zlib.crc32(data) != head[-1]:
+            raise ValueError("artifact: corrupt, truncated or extended (brotli lengths, parts or CRC-32 disagree)")
+        return data
     if blob[:1] == b"L":
         return lzma.decompress(blob[1:])
     raise ValueError(f"artifact: unknown compressor tag {blob[:1]!r}")

@@ -256,7 +256,10 @@ def test_quantize_state_layout(qstate, tiny_model):
 
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1000, 65537])
 def test_brotli_parts_roundtrip_and_layout(n):
-    """BROTLI_PARTS independent parts: tag, part count, uint32 lengths, parts; each part decompresses alone."""
+    """BROTLI_PARTS independent parts: tag, part count, uint32 lengths, CRC-32 of the data, parts; each part
+    decompresses alone."""
+    import zlib
+
     import brotli
 
     data = bytes((i * 7 + i // 300) % 251 for i in range(n))
@@ -264,11 +267,29 @@ def test_brotli_parts_roundtrip_and_layout(n):
     count, step = blob[1], max(1, -(-n // tg.BROTLI_PARTS))  # parts of ceil(n / BROTLI_PARTS) bytes
     assert blob[:1] == b"B" and count == len(range(0, n, step)) and (n < 64 or count == tg.BROTLI_PARTS)
     lengths = np.frombuffer(blob[2 : 2 + 4 * count], dtype="<u4")
-    assert 2 + 4 * count + int(lengths.sum()) == len(blob)
-    pos = 2 + 4 * count
+    assert int.from_bytes(blob[2 + 4 * count : 6 + 4 * count], "little") == zlib.crc32(data)
+    assert 6 + 4 * count + int(lengths.sum()) == len(blob)
+    pos = 6 + 4 * count
     for i, length in enumerate(lengths.tolist()):
         assert brotli.decompress(blob[pos : pos + length]) == data[i * step : (i + 1) * step]
         pos += length
+    assert tg.decompress(blob) == data
+
+
+def test_corrupt_brotli_artifact_is_refused():
+    """Brotli has no checksum of its own: a flipped bit, a cut, extra bytes or a bare tag each raise a ValueError
+    that says the artifact is bad, instead of loading wrong weights."""
+    data = bytes((i * 13 + i // 97) % 256 for i in range(20000))
+    blob = tg.compress(data, "brotli")
+    rng = np.random.default_rng(0)
+    for bit in rng.integers(8 * (6 + 4 * blob[1]), 8 * len(blob), 40).tolist():  # payload bits only
+        bad = bytearray(blob)
+        bad[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(ValueError, match="artifact: corrupt, truncated or extended"):
+            tg.decompress(bytes(bad))
+    for bad in (blob[:-1], blob + b"\x00", b"B", b"B\x08", blob[:20]):
+        with pytest.raises(ValueError, match="artifact: corrupt, truncated or extended"):
+            tg.decompress(bad)
     assert tg.decompress(blob) == data
 
 
