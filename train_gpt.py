@@ -1499,8 +1499,8 @@ def score_first_ttt(h, model: GPT, nll_fn, compiled, val: ValData, d: Dist, log,
     params = freeze_for_ttt(model, h.ttt_freeze_blocks, freeze_embedding=False)
     opt = torch.optim.SGD(params, lr=h.ttt_lr, momentum=h.ttt_momentum)
     per_chunk = torch.zeros(len(chunks), 3, dtype=torch.float64, device=val.tokens.device)
-    # Seconds per chunk. The first chunk's include compiling what warm-up did not (everything after RESUME_CHECKPOINT
-    # or with WARMUP_STEPS=0), so the estimates use the later chunks once there are any.
+    # Seconds per chunk. With WARMUP_STEPS=0 the first chunk's include compiling, so the scoring estimate uses the
+    # later chunks once there are any.
     score_s, train_s, adapting = [], [], True
     for c, windows in enumerate(chunks):
         t0 = time.perf_counter()
@@ -1606,14 +1606,20 @@ def main() -> None:
         model.load_state_dict(ckpt["state"])
         stage = ckpt["stage"]
         log(f"resumed checkpoint:{h.resume_checkpoint} stage:{stage}")
+        if h.warmup_steps > 0:  # compiled before the evaluation clock, as a full run's warm-up does
+            t0 = time.perf_counter()
+            warm_up_eval_graphs(h, model, compiled, nll_fn, d)
+            synchronize(d.device)
+            log(f"eval_graphs_compiled time:{1000 * (time.perf_counter() - t0):.0f}ms")
+        eval_t0 = time.perf_counter()  # everything from here on is the evaluation phase the rules time
     else:
         ema, _, _ = train(h, model, compiled, nll_fn, d, log, val)
+        eval_t0 = time.perf_counter()  # everything after training is the evaluation phase the rules time
         ema.copy_to(model)
         if d.world_size > 1:
             log(f"ranks_agree:{int(ranks_agree(list(model.parameters())))}")
         stage = "post_ema"
         save_checkpoint(model, "final_model.pt", stage, d)
-    eval_t0 = time.perf_counter()  # everything from here on is the evaluation phase the rules time
 
     def timed_eval(label: str, stride: int, tag: str) -> float:
         synchronize(d.device)

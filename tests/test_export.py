@@ -681,9 +681,12 @@ def test_e2e_main_writes_artifact_checkpoints_and_scores(e2e):
 def test_e2e_resume_skips_training(e2e, tmp_path):
     cwd, data, base = e2e
     shutil.copy(cwd / "final_model.pt", tmp_path / "final_model.pt")
-    text = run_main(tmp_path, data, "resume", RESUME_CHECKPOINT="final_model.pt")
+    text = run_main(tmp_path, data, "resume", RESUME_CHECKPOINT="final_model.pt", WARMUP_STEPS="1")
     assert one(r"^resumed checkpoint:(\S+) stage:(\w+)$", text) == ("final_model.pt", "post_ema")
     assert not re.search(r"^\d+/\d+ (train_loss|val_loss)", text, re.M) and "warmup_done" not in text
+    # With WARMUP_STEPS > 0 a resumed run compiles the evaluation graphs before the evaluation phase, as a full run's
+    # warm-up does; that touches no weight (the post-EMA score below equals the base run's).
+    assert text.index("eval_graphs_compiled time:") < text.index("pre-quantization post-ema")
     assert re.search(r"^\d+/\d+ train_loss", base, re.M)
     pre = one(rf"^pre-quantization post-ema val_loss:{NUM} val_bpb:{NUM} ", text)
     assert pre == one(rf"^pre-quantization post-ema val_loss:{NUM} val_bpb:{NUM} ", base)  # same weights
@@ -703,6 +706,7 @@ def test_e2e_artifact_limit_forces_size_guarantee(e2e, tmp_path):
     text = run_main(tmp_path, data, "limit", RESUME_CHECKPOINT="final_model.ttt.pt", ARTIFACT_LIMIT=str(limit))
     assert one(r"^resumed checkpoint:(\S+) stage:(\w+)$", text) == ("final_model.ttt.pt", "post_ttt")
     assert "prequant_ttt epoch" not in text  # the TTT stage is skipped too
+    assert "eval_graphs_compiled" not in text  # WARMUP_STEPS=0: no warm-up at all
     attempts = re.findall(r"^size_guarantee attempt:\d+ zeroed_codes:(\d+) bytes:(\d+) limit:(\d+)$", text, re.M)
     assert attempts and all(int(lim) == limit - counted for _, _, lim in attempts)
     assert int(attempts[0][1]) > 0

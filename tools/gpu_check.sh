@@ -8,10 +8,9 @@
 # plus Wikipedia), then runs, each logging to RUN_DIR:
 #   1. the default configuration with 120 s of training (MAX_WALLCLOCK_SECONDS=132 incl. the 12 s GPTQ reserve),
 #      3 pre-quant TTT epochs, GPTQ, Brotli, reload and scoring;
-#   2. the legal mode (LEGAL=1) resumed from run 1's post-EMA checkpoint (so its graphs compile inside the
-#      evaluation phase);
-#   3. (only when named) legal_full: a whole LEGAL=1 run with 28 s of training and 64 Hessian batches, whose
-#      warm-up compiles the score-first TTT graphs as a real run's does.
+#   2. the legal mode (LEGAL=1) resumed from run 1's post-EMA checkpoint (it compiles its evaluation graphs
+#      before the evaluation clock starts, as a full run's warm-up does);
+#   3. (only when named) legal_full: a whole LEGAL=1 run with 28 s of training and 64 Hessian batches.
 # Environment: GPU_CHECK_STEPS="pipeline legal" (default) picks the runs; extra variables pass through to
 # train_gpt.py.
 set -uo pipefail
