@@ -14,14 +14,15 @@ the two and writes nothing when they differ (another liblzma or Python version c
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
 import train_gpt  # noqa: E402  (importing it has no side effects)
+from submission import PATTERNS  # noqa: E402  (the log line formats, read in one place)
 
 
 def main(argv=None) -> int:
@@ -36,7 +37,8 @@ def main(argv=None) -> int:
     packed = train_gpt.pack_source(source)
     compile(packed, "packed", "exec")
     if args.check_log:
-        found = re.findall(r"(?m)^code_bytes source:\d+ counted:(\d+)$", args.check_log.read_text(encoding="utf-8"))
+        lines = [line.rstrip() for line in args.check_log.read_text(encoding="utf-8").splitlines()]
+        found = [m["counted"] for m in map(PATTERNS["code_bytes"].fullmatch, lines) if m]
         if len(set(found)) != 1:
             ap.error(f"{args.check_log}: expected one `code_bytes source:N counted:M` value, found {sorted(set(found))}")
         if int(found[0]) != len(packed.encode()):
