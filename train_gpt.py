@@ -940,7 +940,9 @@ class AgreedClock:
 
     def update(self, elapsed_ms: float) -> float:
         previous = self.pending
-        t = all_reduce_(torch.tensor([elapsed_ms], dtype=torch.float64, device=self.device), dist.ReduceOp.MAX)
+        # torch.full passes the value to a fill kernel; torch.tensor([...], device=...) would copy it from pageable
+        # host memory, which waits for all queued GPU work: a stall at every step start.
+        t = all_reduce_(torch.full((1,), elapsed_ms, dtype=torch.float64, device=self.device), dist.ReduceOp.MAX)
         if self.device.type == "cuda":
             host = torch.empty(1, dtype=torch.float64, pin_memory=True).copy_(t, non_blocking=True)
             done = torch.cuda.Event()

@@ -177,6 +177,24 @@ def test_agreed_clock_reports_previous_step_value():
     assert clock.update(40.0) == 25.0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_agreed_clock_does_not_wait_for_queued_gpu_work():
+    """On the GPU, update() returns while earlier GPU work is still running: no synchronisation per step."""
+    dev = torch.device("cuda")
+    clock = tg.AgreedClock(dev)
+    clock.update(0.0)
+    a = torch.randn(4096, 4096, device=dev)
+    torch.cuda.synchronize()
+    for _ in range(100):  # about 0.1-0.3 s of matmuls, queued
+        a = a @ a / 64.0
+    queued = torch.cuda.Event()
+    queued.record()
+    assert clock.update(1.0) == 0.0
+    assert not queued.query()  # the matmuls are still running
+    torch.cuda.synchronize()
+    assert clock.update(2.0) == 1.0
+
+
 def test_warm_up_eval_graphs_changes_nothing(tiny_h, tiny_model):
     """The evaluation-graph warm-up leaves weights, requires_grad, gradients and the looping flag as they were."""
     h = tiny_h(ttt_enabled=True, prequant_ttt_chunk_tokens=128, ttt_chunk_tokens=128)

@@ -6,7 +6,7 @@
 The model, optimizers, loader, step and evaluation are train_gpt's functions at the configuration the
 environment gives (defaults: the record configuration; the same variables as train_gpt.py). It times
 `--steps` optimizer steps without and then with recurrence, after `--warmup` untimed steps per mode (compile),
-reads peak memory, then times the sliding-window evaluation (EVAL_STRIDE) of the first `--windows` windows.
+each step with the training loop's per-step bookkeeping (the agreed clock and the EMA update), reads peak memory, then times the sliding-window evaluation (EVAL_STRIDE) of the first `--windows` windows.
 Without --data-dir it trains on synthetic uniform tokens (as SPEC §9's anchors) and scores synthetic
 validation tokens with a one-byte-per-token sidecar. Prints a `key:value` table on rank 0, including the loss of
 every timed step (`losses recurrence:…`), so that two versions run at one SEED on real text (--data-dir) can be
@@ -147,13 +147,16 @@ def main(argv=None) -> int:
     loader = tg.TrainLoader(files, h.train_seq_len, local_seqs, d.rank, d.world_size, h.seed, h.vocab_size, d.device)
     log(f"bench world_size:{d.world_size} device:{d.device} torch:{torch.__version__} attention:{backend} "
         f"batch_tokens:{h.train_batch_tokens} steps:{args.steps} warmup:{args.warmup}")
+    clock, ema, t_start = tg.AgreedClock(d.device), tg.EMA(model), time.perf_counter()
     for looping in (False, True):
         model.looping = looping
         losses = []
 
         def steps(n):
             for _ in range(n):
+                clock.update(1000 * (time.perf_counter() - t_start))
                 losses.append(tg.train_step(h, model, compiled, optimizers, loader, d, 0, 1.0))
+                ema.update(0, h.ema_decay)
 
         steps(args.warmup)
         losses.clear()
