@@ -1445,7 +1445,9 @@ def score_windows(h, nll_fn, val: ValData, windows: list[tuple[int, int, int]], 
     arange = torch.arange(L + 1, device=tokens.device)
 
     def score(chunk, last):
-        w = torch.tensor(chunk, device=tokens.device)  # (B, 3): start, first scored target, end
+        # (B, 3): start, first scored target, end. Through pinned memory: a copy from pageable memory would wait for
+        # the previous batch to finish, and the GPU would idle while this one is assembled.
+        w = torch.tensor(chunk, pin_memory=tokens.is_cuda).to(tokens.device, non_blocking=True)
         seq = tokens[(w[:, :1] + arange[None]).clamp_max(n_targets)].long()
         with autocast_context(d.device):
             nll = nll_fn(seq[:, :-1], seq[:, 1:], last).double()

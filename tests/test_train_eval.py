@@ -151,3 +151,28 @@ def test_evaluate_on_model_standard_and_sliding(tiny_model, tiny_data):
             assert s_loss == pytest.approx(per_target.mean().item(), rel=1e-5)
             assert s_bpb == pytest.approx(per_target.sum().item() / math.log(2) / nbytes, rel=1e-5)
             assert abs(s_loss - loss) > 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_score_windows_does_not_wait_for_queued_gpu_work():
+    """On the GPU, building each batch's window table does not synchronise: score_windows returns while earlier
+    GPU work is still running, and its sums equal the CPU's."""
+    n, L, stride = 500, 64, 16
+    tokens = torch.randint(0, 64, (n + 1,), generator=torch.Generator().manual_seed(0))
+    sidecar = torch.randint(1, 4, (n + 1,), generator=torch.Generator().manual_seed(1))
+    h = SimpleNamespace(eval_seq_len=L, eval_stride=stride, val_batch_tokens=4 * L)
+    plan = tg.window_plan(n, L, stride)
+    cpu = tg.score_windows(h, token_fn_nll, make_val(tokens, sidecar), plan, stride, cpu_dist())
+    dev = torch.device("cuda")
+    d = tg.Dist(rank=0, world_size=1, local_rank=0, device=dev, is_main=True, grad_accum_steps=8)
+    val = make_val(tokens.to(dev), sidecar.to(dev))
+    tg.score_windows(h, token_fn_nll, val, plan, stride, d)  # first use loads the kernels, which synchronises
+    a = torch.randn(4096, 4096, device=dev)
+    torch.cuda.synchronize()
+    for _ in range(100):  # about 0.1-0.3 s of matmuls, queued
+        a = a @ a / 64.0
+    queued = torch.cuda.Event()
+    queued.record()
+    stats = tg.score_windows(h, token_fn_nll, val, plan, stride, d)
+    assert not queued.query()  # the matmuls are still running
+    torch.testing.assert_close(stats.cpu(), cpu, rtol=1e-12, atol=1e-9)
