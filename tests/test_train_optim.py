@@ -134,6 +134,47 @@ def test_muon_batches_same_shapes_like_separate_steps():
     assert [len(g) for g in tg.Muon.shape_groups(together)] == [3, 2, 1]
 
 
+SHARD_SHAPES = [(8, 4), (4, 8), (8, 4), (6, 6), (4, 8), (8, 4), (8, 4), (4, 8), (8, 4)]  # groups of 5, 3 and 1
+
+
+def sharded_muon_run(rank: int, world_size: int, init_file: str, out: str) -> None:
+    """Two Muon steps on SHARD_SHAPES as rank `rank` of `world_size` (gloo); saves the resulting weights."""
+    if world_size > 1:
+        torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                             world_size=world_size)
+    gen = torch.Generator().manual_seed(2)
+    params = [nn.Parameter(torch.randn(*s, generator=gen)) for s in SHARD_SHAPES]
+    grads = [[torch.randn(*s, generator=gen) for s in SHARD_SHAPES] for _ in range(2)]
+    opt = tg.Muon(params, lr=0.05, momentum=0.9, backend_steps=5, weight_decay=0.1, rank=rank, world_size=world_size)
+    for gs in grads:
+        for p, g in zip(params, gs):
+            p.grad = g.clone()
+        opt.step()
+    torch.save([p.detach() for p in params], out)
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_muon_sharded_across_ranks_equals_one_rank(tmp_path, world_size):
+    """Ranks orthogonalise shares of each shape group (some ranks get none of a group) and gather the bf16
+    updates: every rank ends with exactly the weights one process computes alone."""
+    sharded_muon_run(0, 1, "", str(tmp_path / "alone.pt"))
+    alone = torch.load(tmp_path / "alone.pt")
+    outs = [str(tmp_path / f"rank{r}.pt") for r in range(world_size)]
+    ctx = torch.multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=sharded_muon_run, args=(r, world_size, str(tmp_path / "init"), outs[r]))
+             for r in range(world_size)]
+    for pr in procs:
+        pr.start()
+    for pr in procs:
+        pr.join(timeout=120)
+        assert pr.exitcode == 0
+    for out in outs:
+        for a, b in zip(torch.load(out), alone):
+            assert torch.equal(a, b)
+
+
 def test_ema_decay_formula():
     """ema_decay(step, max) = min(max, (1 + step) / (10 + step))."""
     for step in [0, 1, 5, 100, 1000, 10**6]:
