@@ -714,7 +714,8 @@ class Muon(torch.optim.Optimizer):
     Matrices of one shape are orthogonalised together as one batch (a handful of launches instead of one set
     per matrix). Rank r takes a contiguous share of each shape group's members and writes their updates into its
     own segment (`share` slots per group); one all-gather hands every rank all segments. Newton-Schulz ends in
-    bf16, so gathering bf16 is exact and moves a quarter of the bytes an fp32 all-reduce of the updates would.
+    bf16, so gathering bf16 is exact, and it moves about a third of the bytes an fp32 all-reduce of the updates
+    would (8 ranks).
     """
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, weight_decay: float,
