@@ -77,3 +77,20 @@ def tiny_sp(tiny_data):
     import sentencepiece as spm
 
     return spm.SentencePieceProcessor(model_file=str(tiny_data / "tokenizers" / "fineweb_64_bpe.model"))
+
+
+@pytest.fixture
+def queue_gpu_work():
+    """Factory: queues about 0.1-0.3 s of matmuls on the GPU and returns an event recorded after them, so a test
+    can see whether a call waited for them (the event is then complete) or returned at once."""
+
+    def queue() -> torch.cuda.Event:
+        a = torch.randn(4096, 4096, device="cuda")
+        torch.cuda.synchronize()
+        for _ in range(100):
+            a = a @ a / 64.0
+        queued = torch.cuda.Event()
+        queued.record()
+        return queued
+
+    return queue

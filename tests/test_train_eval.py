@@ -154,7 +154,7 @@ def test_evaluate_on_model_standard_and_sliding(tiny_model, tiny_data):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_score_windows_does_not_wait_for_queued_gpu_work():
+def test_score_windows_does_not_wait_for_queued_gpu_work(queue_gpu_work):
     """On the GPU, building each batch's window table does not synchronise: score_windows returns while earlier
     GPU work is still running, and its sums equal the CPU's."""
     n, L, stride = 500, 64, 16
@@ -167,12 +167,7 @@ def test_score_windows_does_not_wait_for_queued_gpu_work():
     d = tg.Dist(rank=0, world_size=1, local_rank=0, device=dev, is_main=True, grad_accum_steps=8)
     val = make_val(tokens.to(dev), sidecar.to(dev))
     tg.score_windows(h, token_fn_nll, val, plan, stride, d)  # first use loads the kernels, which synchronises
-    a = torch.randn(4096, 4096, device=dev)
-    torch.cuda.synchronize()
-    for _ in range(100):  # about 0.1-0.3 s of matmuls, queued
-        a = a @ a / 64.0
-    queued = torch.cuda.Event()
-    queued.record()
+    queued = queue_gpu_work()
     stats = tg.score_windows(h, token_fn_nll, val, plan, stride, d)
     assert not queued.query()  # the matmuls are still running
     torch.testing.assert_close(stats.cpu(), cpu, rtol=1e-12, atol=1e-9)

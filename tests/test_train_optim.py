@@ -219,17 +219,12 @@ def test_agreed_clock_reports_previous_step_value():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_agreed_clock_does_not_wait_for_queued_gpu_work():
+def test_agreed_clock_does_not_wait_for_queued_gpu_work(queue_gpu_work):
     """On the GPU, update() returns while earlier GPU work is still running: no synchronisation per step."""
     dev = torch.device("cuda")
     clock = tg.AgreedClock(dev)
-    clock.update(0.0)
-    a = torch.randn(4096, 4096, device=dev)
-    torch.cuda.synchronize()
-    for _ in range(100):  # about 0.1-0.3 s of matmuls, queued
-        a = a @ a / 64.0
-    queued = torch.cuda.Event()
-    queued.record()
+    clock.update(0.0)  # the first call loads the fill kernel, which synchronises
+    queued = queue_gpu_work()
     assert clock.update(1.0) == 0.0
     assert not queued.query()  # the matmuls are still running
     torch.cuda.synchronize()
