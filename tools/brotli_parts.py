@@ -22,15 +22,20 @@ import train_gpt as tg  # noqa: E402
 LAYER = {"q": (512, 512), "k": (256, 512), "v": (256, 512), "o": (512, 512), "fc": (2048, 512), "proj": (512, 2048)}
 
 
+def quantized_gaussian(rows: int, cols: int, bits: int, sigmas: float, g: torch.Generator):
+    """(codes, scales) of Gaussian weights with row scales varying by up to 30%, quantized as train_gpt does."""
+    w = torch.randn(rows, cols, generator=g) * (1 + 0.3 * torch.rand(rows, 1, generator=g))
+    s = tg.sdclip_scales(w, bits, sigmas)
+    return tg.quantize_rtn(w, s, bits), s
+
+
 def synthetic_state(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     shapes = {f"blocks.{i}.{n}": s for i in range(11) for n, s in LAYER.items()} | {"tok_emb": (8192, 512)}
     state = {}
     for name, (rows, cols) in shapes.items():
-        w = torch.randn(rows, cols, generator=g) * (1 + 0.3 * torch.rand(rows, 1, generator=g))
         bits, sigmas = (8, 20.0) if name == "tok_emb" else (6, 12.85)
-        s = tg.sdclip_scales(w, bits, sigmas)
-        state[name + ".q"], state[name + ".s"] = tg.quantize_rtn(w, s, bits), s
+        state[name + ".q"], state[name + ".s"] = quantized_gaussian(rows, cols, bits, sigmas, g)
     return state
 
 

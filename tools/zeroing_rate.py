@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import brotli  # noqa: E402
 
 import train_gpt as tg  # noqa: E402
+from brotli_parts import quantized_gaussian  # noqa: E402  (this folder is on sys.path when run as a script)
 
 N_MAT, ROWS, COLS = 6, 512, 2048
 
@@ -27,9 +28,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     q = {}
     for i in range(N_MAT):
-        w = torch.randn(ROWS, COLS, generator=g) * (1 + 0.3 * torch.rand(ROWS, 1, generator=g))
-        s = tg.sdclip_scales(w, 6, 12.85)
-        q[f"m{i}.q"], q[f"m{i}.s"] = tg.quantize_rtn(w, s, 6), s
+        q[f"m{i}.q"], q[f"m{i}.s"] = quantized_gaussian(ROWS, COLS, 6, 12.85, g)
     codes = torch.cat([q[f"m{i}.q"].flatten() for i in range(N_MAT)])
     cost = torch.rand(codes.numel(), generator=g) * codes.float() ** 2
     nz = (codes != 0).nonzero().flatten()
