@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import itertools
 import json
 import lzma
 import math
@@ -737,10 +738,9 @@ class Muon(torch.optim.Optimizer):
             members = self.shape_groups(group["params"])
             shares = [-(-len(ps) // self.world_size) for ps in members]
             sizes = [ps[0].numel() for ps in members]
-            own = torch.zeros(sum(s * n for s, n in zip(shares, sizes)), device=members[0][0].device,
-                              dtype=torch.bfloat16)
-            offset = 0
-            for ps, share, size in zip(members, shares, sizes):
+            starts = [0, *itertools.accumulate(s * n for s, n in zip(shares, sizes))]  # of each group in a segment
+            own = torch.zeros(starts[-1], device=members[0][0].device, dtype=torch.bfloat16)
+            for ps, share, size, start in zip(members, shares, sizes, starts):
                 mine = ps[self.rank * share : (self.rank + 1) * share]
                 if mine:
                     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in mine]
@@ -748,16 +748,12 @@ class Muon(torch.optim.Optimizer):
                     torch._foreach_mul_(bufs, mom)
                     torch._foreach_add_(bufs, grads)
                     g = torch.stack(torch._foreach_add(grads, bufs, alpha=mom))
-                    own[offset : offset + len(mine) * size] = muon_update(g, group["backend_steps"]).flatten()
-                offset += share * size
+                    own[start : start + len(mine) * size] = muon_update(g, group["backend_steps"]).flatten()
             segments = all_gather_flat(own).float().view(self.world_size, -1)  # (ranks, own.numel())
-            ordered, updates, offset = [], [], 0
-            for ps, share, size in zip(members, shares, sizes):
-                for j, p in enumerate(ps):
-                    start = offset + (j % share) * size
-                    ordered.append(p)
-                    updates.append(segments[j // share, start : start + size].view_as(p))
-                offset += share * size
+            ordered = [p for ps in members for p in ps]
+            # member j of a group sits in rank j // share's segment, in slot j % share of that group's slots
+            updates = [segments[j // share, start + (j % share) * size : start + (j % share + 1) * size].view_as(p)
+                       for ps, share, size, start in zip(members, shares, sizes, starts) for j, p in enumerate(ps)]
             torch._foreach_mul_(ordered, 1.0 - lr * wd)
             torch._foreach_add_(ordered, updates, alpha=-lr)
 
