@@ -548,7 +548,8 @@ class Attention(nn.Module):
         self.q_gain = nn.Parameter(torch.full((num_heads,), qk_gain_init, dtype=torch.float32))
         self.xsa, self.backend = xsa, backend
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, last: int = 0) -> Tensor:
+        """(B, T, dim) -> (B, T, dim), or (B, last, dim) for the last `last` positions (keys and values from all T)."""
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.num_heads, self.head_dim)
         k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim)
@@ -556,10 +557,10 @@ class Attention(nn.Module):
         q = apply_partial_rotary(F.rms_norm(q, (self.head_dim,)), cos, sin)
         k = apply_partial_rotary(F.rms_norm(k, (self.head_dim,)), cos, sin)
         q = q * self.q_gain.to(q.dtype)[:, None]
-        y = causal_attention(q, k, v, self.backend)
+        y = causal_attention(q, k, v, self.backend)[:, T - (last or T) :]
         if self.xsa:
-            y = xsa_project_out(y, v)
-        return self.proj(y.reshape(B, T, -1))
+            y = xsa_project_out(y, v[:, T - y.size(1) :])
+        return self.proj(y.reshape(B, y.size(1), -1))
 
 
 class MLP(nn.Module):
@@ -586,12 +587,14 @@ class Block(nn.Module):
         self.ln_scale = 1.0 / math.sqrt(layer_idx + 1)
         self.parallel = layer_idx >= h.parallel_residual_start
 
-    def forward(self, x: Tensor, x0: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, cos: Tensor, sin: Tensor, last: int = 0) -> Tensor:
+        """(B, T, dim) -> (B, T, dim), or (B, last, dim): only the last `last` positions past the attention."""
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
         d = (x.size(-1),)
         n = F.rms_norm(x, d) * self.ln_scale
-        a = self.attn(n, cos, sin)
+        a = self.attn(n, cos, sin, last)
+        x, n = x[:, x.size(1) - a.size(1) :], n[:, x.size(1) - a.size(1) :]
         if self.parallel:
             m = self.mlp(n)
             return x + self.attn_scale.to(x.dtype) * a + self.mlp_scale.to(x.dtype) * m
@@ -641,8 +644,9 @@ class GPT(nn.Module):
     def layer_order(self) -> list[int]:
         return self.orders[1] if self.looping else self.orders[0]
 
-    def hidden(self, idx: Tensor) -> Tensor:
-        """(B, T) token ids -> (B, T, dim) final-normed hidden states."""
+    def hidden(self, idx: Tensor, last: int = 0) -> Tensor:
+        """(B, T) token ids -> (B, T, dim) final-normed hidden states, or (B, last, dim) of the last positions only:
+        the final block then runs its attention output projection and MLP on those alone."""
         d = (self.dim,)
         x = self.tok_emb(idx)
         if torch.is_autocast_enabled(idx.device.type):  # the residual stream, x0 and skips in bf16, as the seed's
@@ -662,7 +666,7 @@ class GPT(nn.Module):
             if skips:
                 skip = self.skip_weights[j].to(x.dtype) * skips.pop()
                 x = torch.lerp(skip, x, torch.sigmoid(self.skip_gates[j]).to(x.dtype))
-            x = self.blocks[li](x, x0, cos, sin)
+            x = self.blocks[li](x, x0, cos, sin, last if j == len(decoder) - 1 else 0)
         return F.rms_norm(x, d)
 
     def nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
@@ -676,7 +680,7 @@ class GPT(nn.Module):
 
     def token_nll(self, idx: Tensor, targets: Tensor, last: int) -> Tensor:
         """Per-token NLL (nats, fp32) of the last `last` positions: (B, last)."""
-        return self.nll(self.hidden(idx)[:, -last:], targets[:, -last:])
+        return self.nll(self.hidden(idx, last), targets[:, -last:])
 
 
 def count_parameters(model: nn.Module) -> int:

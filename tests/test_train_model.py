@@ -114,6 +114,21 @@ def test_model_traces_as_one_graph(tiny_model, looping):
         assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
+@pytest.mark.parametrize("parallel_start,xsa_last_n", [(3, 4), (4, 0)])
+@pytest.mark.parametrize("looping", [False, True])
+def test_scoring_the_last_positions_equals_slicing_the_full_output(tiny_model, looping, parallel_start, xsa_last_n):
+    """token_nll runs the final block's attention output and MLP on the scored positions only; its NLL equals that
+    of the whole sequence's hidden states, sliced, for a parallel or sequential final block, with XSA or without."""
+    model = tiny_model(seed=5, parallel_residual_start=parallel_start, xsa_last_n=xsa_last_n)
+    model.looping = looping
+    assert model.blocks[-1].parallel == (parallel_start < 4) and model.blocks[-1].attn.xsa == (xsa_last_n > 0)
+    x, y = torch.randint(0, 64, (3, 32)), torch.randint(0, 64, (3, 32))
+    full = model.nll(model.hidden(x), y)
+    for last in (1, 8, 32):
+        assert model.hidden(x, last).shape == (3, last, 64)
+        torch.testing.assert_close(model.token_nll(x, y, last), full[:, -last:], rtol=1e-5, atol=1e-5)
+
+
 def test_rotary_tables_serve_every_length_up_to_training(tiny_model, monkeypatch):
     """Up to the training length the model uses a prefix of its precomputed tables, which equals the tables
     computed for that length; beyond it the NTK-scaled tables are computed, and they differ from any prefix."""
