@@ -666,16 +666,25 @@ def test_e2e_main_writes_artifact_checkpoints_and_scores(e2e):
     for name, stage in (("final_model.pt", "post_ema"), ("final_model.ttt.pt", "post_ttt")):
         ckpt = torch.load(cwd / name, weights_only=True)
         assert ckpt["stage"] == stage and "tok_emb.weight" in ckpt["state"]
-    # The reloaded artifact is the quantized post-TTT model: dequantized weights close to the checkpoint's.
+    # The reloaded artifact is the quantized post-TTT model. Each GPTQ matrix is within quantization error of the
+    # post-TTT checkpoint (rounding alone is about 0.12 of the norm at SDClip k=12.85 and 6 bits; error feedback,
+    # which moves single weights by more than half a step, brings it to about 0.19 at these shapes), never farther
+    # from it than from the post-EMA checkpoint, and clearly closer where TTT moved the weights.
     deq = tg.dequantize_state(tg.unpack_state((cwd / "final_model.int6.ptz").read_bytes()))
     ttt = torch.load(cwd / "final_model.ttt.pt", weights_only=True)["state"]
+    ema = torch.load(cwd / "final_model.pt", weights_only=True)["state"]
     assert deq.keys() == ttt.keys()
     raw = tg.unpack_state((cwd / "final_model.int6.ptz").read_bytes())
+    told_apart = 0
     for k, v in ttt.items():
-        if k + ".q" in raw:  # GPTQ-quantized: close in norm (error feedback moves single weights by > 1/2 step)
-            assert ((deq[k] - v).norm() / v.norm()).item() < 0.2, k
+        if k + ".q" in raw:
+            to_ttt = ((deq[k] - v).norm() / v.norm()).item()
+            to_ema = ((deq[k] - ema[k].float()).norm() / v.norm()).item()
+            assert to_ttt < 0.25 and to_ttt <= to_ema + 1e-6, (k, to_ttt, to_ema)
+            told_apart += to_ema > 1.5 * to_ttt
         else:  # fp16 passthrough
             assert torch.equal(deq[k], v.half().float()), k
+    assert told_apart >= 2
 
 
 def test_e2e_resume_skips_training(e2e, tmp_path):
