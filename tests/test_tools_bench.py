@@ -79,10 +79,14 @@ def test_profile_report_gives_time_and_launches_per_step():
     times = bench.kernel_times(NS(key_averages=lambda: evts))
     assert times == {"nvjet_a": (600.0, 4), "triton_per_fused_b": (300.0, 6)}
     lines = []
-    bench.profile_report(lines.append, False, times, steps=2, wall_s=0.001)
-    assert "gpu_busy_ms_per_step:0.5" in lines[0]
+    bench.profile_report(lines.append, "recurrence:0", times, steps=2, wall_s=0.001)
+    assert lines[0].startswith("profile recurrence:0 steps:2 ") and "gpu_busy_ms_per_step:0.5" in lines[0]
+    assert "category:matmul ms_per_step:0.3 share:66.7%" in lines[1]
     kernel = [ln for ln in lines if "triton_per_fused_b" in ln][0]
     assert "kernel_ms_per_step:0.15" in kernel and "calls_per_step:3 " in kernel and "us_per_call:50.0" in kernel
+    lines.clear()  # the sliding evaluation's profile: one run over the windows, times per run
+    bench.profile_report(lines.append, "sliding_eval", times, steps=1, wall_s=0.001, unit="run")
+    assert lines[0].startswith("profile sliding_eval runs:1 ") and "gpu_busy_ms_per_run:0.9" in lines[0]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")

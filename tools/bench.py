@@ -13,8 +13,9 @@ validation tokens with a one-byte-per-token sidecar. Prints a `key:value` table 
 every timed step (`losses recurrence:…`), so that two versions run at one SEED on real text (--data-dir) can be
 compared step by step. `--profile K` profiles K more steps per mode (CUDA only) and prints where the GPU time
 goes: per category (matmul, attention, compiled/Triton kernels, other aten kernels, copies, communication) and
-the top kernels, in ms per step. `--windows 0` skips the evaluation timing. Like train_gpt.py, it writes its
-lines to logs/bench_<RUN_ID>.txt under the working directory, so run it from a scratch folder.
+the top kernels, in ms per step; then the same for one more run of the sliding evaluation (`profile sliding_eval`,
+ms per run). `--windows 0` skips the evaluation timing. Like train_gpt.py, it writes its lines to
+logs/bench_<RUN_ID>.txt under the working directory, so run it from a scratch folder.
 """
 from __future__ import annotations
 
@@ -88,31 +89,32 @@ def kernel_gaps(prof) -> list[tuple[float, str, str]]:
     return out
 
 
-def gap_report(log, looping: bool, gaps: list[tuple[float, str, str]], steps: int, top: int = 8) -> None:
+def gap_report(log, label: str, gaps: list[tuple[float, str, str]], steps: int, top: int = 8,
+               unit: str = "step") -> None:
     """The GPU's idle time between kernels: total, and the largest gaps with their neighbours."""
     total = sum(g for g, _, _ in gaps)
     big = [g for g, _, _ in gaps if g >= 50]
-    log(f"profile recurrence:{int(looping)} idle_ms_per_step:{total / 1000 / steps:.1f} "
-        f"gaps_over_50us_per_step:{len(big) / steps:.1f} their_ms_per_step:{sum(big) / 1000 / steps:.1f}")
+    log(f"profile {label} idle_ms_per_{unit}:{total / 1000 / steps:.1f} "
+        f"gaps_over_50us_per_{unit}:{len(big) / steps:.1f} their_ms_per_{unit}:{sum(big) / 1000 / steps:.1f}")
     for g, before, after in sorted(gaps, reverse=True)[:top]:
-        log(f"profile recurrence:{int(looping)} gap_us:{g:.0f} after:{before[:70]} before:{after[:70]}")
+        log(f"profile {label} gap_us:{g:.0f} after:{before[:70]} before:{after[:70]}")
 
 
-def profile_report(log, looping: bool, times: dict[str, tuple[float, int]], steps: int, wall_s: float,
-                   top: int = 30) -> None:
+def profile_report(log, label: str, times: dict[str, tuple[float, int]], steps: int, wall_s: float,
+                   top: int = 30, unit: str = "step") -> None:
+    """GPU time per category and of the top kernels, per `unit` (`steps` of them profiled); lines start `profile LABEL`."""
     busy = sum(us for us, _ in times.values())
     cats: dict[str, float] = {}
     for name, (us, _) in times.items():
         cat = kernel_category(name)
         cats[cat] = cats.get(cat, 0.0) + us
-    log(f"profile recurrence:{int(looping)} steps:{steps} wall_ms_per_step:{1000 * wall_s / steps:.1f} "
-        f"gpu_busy_ms_per_step:{busy / 1000 / steps:.1f}")
+    log(f"profile {label} {unit}s:{steps} wall_ms_per_{unit}:{1000 * wall_s / steps:.1f} "
+        f"gpu_busy_ms_per_{unit}:{busy / 1000 / steps:.1f}")
     for cat, us in sorted(cats.items(), key=lambda kv: -kv[1]):
-        log(f"profile recurrence:{int(looping)} category:{cat} ms_per_step:{us / 1000 / steps:.1f} "
-            f"share:{100 * us / busy:.1f}%")
+        log(f"profile {label} category:{cat} ms_per_{unit}:{us / 1000 / steps:.1f} share:{100 * us / busy:.1f}%")
     for name, (us, n) in sorted(times.items(), key=lambda kv: -kv[1][0])[:top]:
-        log(f"profile recurrence:{int(looping)} kernel_ms_per_step:{us / 1000 / steps:.2f} "
-            f"share:{100 * us / busy:.1f}% calls_per_step:{n / steps:g} us_per_call:{us / n:.1f} "
+        log(f"profile {label} kernel_ms_per_{unit}:{us / 1000 / steps:.2f} "
+            f"share:{100 * us / busy:.1f}% calls_per_{unit}:{n / steps:g} us_per_call:{us / n:.1f} "
             f"[{kernel_category(name)}] {name[:150]}")
 
 
@@ -169,8 +171,8 @@ def main(argv=None) -> int:
         if args.profile > 0 and d.device.type == "cuda":
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 wall = timed(d.device, lambda: steps(args.profile))
-            profile_report(log, looping, kernel_times(prof), args.profile, wall)
-            gap_report(log, looping, kernel_gaps(prof), args.profile)
+            profile_report(log, f"recurrence:{int(looping)}", kernel_times(prof), args.profile, wall)
+            gap_report(log, f"recurrence:{int(looping)}", kernel_gaps(prof), args.profile)
     if d.device.type == "cuda":
         log(f"peak_memory_allocated_mib:{torch.cuda.max_memory_allocated() // 2**20} "
             f"alloc_retries:{torch.cuda.memory_stats().get('num_alloc_retries', 0)}")
@@ -183,6 +185,11 @@ def main(argv=None) -> int:
     seconds = timed(d.device, lambda: tg.score_windows(h, nll_fn, val, mine, h.eval_stride, d))
     log(f"sliding_eval windows:{len(plan)} stride:{h.eval_stride} time_ms:{1000 * seconds:.0f} "
         f"windows/s:{len(plan) / seconds:.0f} tok/s:{len(plan) * h.eval_seq_len / seconds:.0f}")
+    if args.profile > 0 and d.device.type == "cuda":  # one more run over the same windows, profiled
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            wall = timed(d.device, lambda: tg.score_windows(h, nll_fn, val, mine, h.eval_stride, d))
+        profile_report(log, "sliding_eval", kernel_times(prof), 1, wall, unit="run")
+        gap_report(log, "sliding_eval", kernel_gaps(prof), 1, unit="run")
     return finish(tmp)
 
 
