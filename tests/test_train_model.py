@@ -101,6 +101,14 @@ def test_xsa_project_out(H, Hkv):
     torch.testing.assert_close(tg.xsa_project_out(out, v), out, rtol=1e-12, atol=1e-12)
     if Hkv > 1:  # another group's value direction is not projected out
         assert (out[:, :, 0] * vn[:, :, 1]).sum(-1).abs().max() > 1e-3
+    # A zero value (as F.normalize, whose norm is clamped) removes nothing, in float32 and bfloat16 too.
+    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+        v0 = v.clone()
+        v0[:, 1] = 0
+        out0 = tg.xsa_project_out(y.to(dtype), v0.to(dtype))
+        assert torch.isfinite(out0).all() and torch.equal(out0[:, 1], y[:, 1].to(dtype))
+        tol = 0.05 if dtype == torch.bfloat16 else 1e-6
+        torch.testing.assert_close(out0[:, 0].double(), _xsa_loop(y[:, :1], v[:, :1])[:, 0], rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("looping", [False, True])
