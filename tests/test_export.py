@@ -670,11 +670,11 @@ def test_e2e_main_writes_artifact_checkpoints_and_scores(e2e):
     # post-TTT checkpoint (rounding alone is about 0.12 of the norm at SDClip k=12.85 and 6 bits; error feedback,
     # which moves single weights by more than half a step, brings it to about 0.19 at these shapes), never farther
     # from it than from the post-EMA checkpoint, and clearly closer where TTT moved the weights.
-    deq = tg.dequantize_state(tg.unpack_state((cwd / "final_model.int6.ptz").read_bytes()))
+    raw = tg.unpack_state((cwd / "final_model.int6.ptz").read_bytes())
+    deq = tg.dequantize_state(raw)
     ttt = torch.load(cwd / "final_model.ttt.pt", weights_only=True)["state"]
     ema = torch.load(cwd / "final_model.pt", weights_only=True)["state"]
     assert deq.keys() == ttt.keys()
-    raw = tg.unpack_state((cwd / "final_model.int6.ptz").read_bytes())
     told_apart = 0
     for k, v in ttt.items():
         if k + ".q" in raw:
