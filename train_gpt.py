@@ -534,13 +534,32 @@ def xsa_project_out(y: Tensor, v: Tensor) -> Tensor:
     return (yg - coef * ve).view(B, T, H, D)
 
 
+def last_rows_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """(B, n, H, D) queries at the last n of T positions x (B, T, Hkv, D) -> (B, n, H, D), causal.
+
+    Scores in fp32 as (B, Hkv, G*n, T) products (no expanded K/V); the probabilities in v's dtype for the second
+    product, as flash kernels do. For scoring, where n (the stride) is a small part of T.
+    """
+    B, n, H, D = q.shape
+    T, hkv = k.size(1), k.size(2)
+    qg = q.reshape(B, n, hkv, H // hkv, D).permute(0, 2, 3, 1, 4).reshape(B, hkv, H // hkv * n, D)
+    s = (qg.float() @ k.permute(0, 2, 3, 1).float()).view(B, hkv, H // hkv, n, T) * D**-0.5
+    keep = torch.arange(T, device=q.device) <= torch.arange(T - n, T, device=q.device)[:, None]
+    p = s.masked_fill(~keep, float("-inf")).softmax(-1).view(B, hkv, H // hkv * n, T).to(v.dtype)
+    y = p @ v.transpose(1, 2)
+    return y.view(B, hkv, H // hkv, n, D).permute(0, 3, 1, 2, 4).reshape(B, n, H, D)
+
+
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
-    """(B, T, H, D) x (B, T, Hkv, D) -> (B, T, H, D), causal, grouped KV heads."""
-    if backend == "flash_attn_3":
+    """(B, n, H, D) x (B, T, Hkv, D) -> (B, n, H, D), causal, grouped KV heads; the queries are the last n <= T
+    positions."""
+    if backend == "flash_attn_3":  # aligns a shorter query block to the end of the keys
         from flash_attn_interface import flash_attn_func
 
         out = flash_attn_func(q, k, v, causal=True)
         return out[0] if isinstance(out, tuple) else out
+    if q.size(1) < k.size(1):  # SDPA's is_causal aligns the queries to the start
+        return last_rows_attention(q, k, v)
     y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
                                        enable_gqa=k.size(2) != q.size(2))
     return y.transpose(1, 2)
@@ -559,16 +578,17 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, last: int = 0) -> Tensor:
         """(B, T, dim) -> (B, T, dim), or (B, last, dim) for the last `last` positions (keys and values from all T)."""
         B, T, _ = x.shape
-        q = self.c_q(x).view(B, T, self.num_heads, self.head_dim)
+        n = last or T
+        q = self.c_q(x[:, T - n :]).view(B, n, self.num_heads, self.head_dim)
         k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim)
         v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim)
-        q = apply_partial_rotary(F.rms_norm(q, (self.head_dim,)), cos, sin)
+        q = apply_partial_rotary(F.rms_norm(q, (self.head_dim,)), cos[T - n :], sin[T - n :])
         k = apply_partial_rotary(F.rms_norm(k, (self.head_dim,)), cos, sin)
         q = q * self.q_gain.to(q.dtype)[:, None]
-        y = causal_attention(q, k, v, self.backend)[:, T - (last or T) :]
+        y = causal_attention(q, k, v, self.backend)
         if self.xsa:
-            y = xsa_project_out(y, v[:, T - y.size(1) :])
-        return self.proj(y.reshape(B, y.size(1), -1))
+            y = xsa_project_out(y, v[:, T - n :])
+        return self.proj(y.reshape(B, n, -1))
 
 
 class MLP(nn.Module):

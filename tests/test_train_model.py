@@ -137,6 +137,20 @@ def test_scoring_the_last_positions_equals_slicing_the_full_output(tiny_model, l
         torch.testing.assert_close(model.token_nll(x, y, last), full[:, -last:], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("H,Hkv", [(4, 2), (4, 4), (8, 2)])
+def test_attention_of_the_last_rows_equals_full_causal_attention_sliced(H, Hkv):
+    """Queries at the last n of T positions see keys 0..T-n+i (the end-aligned causal mask), with grouped KV heads:
+    the same as full causal attention, sliced. Also in bf16, where the probabilities are rounded as in flash kernels."""
+    torch.manual_seed(0)
+    B, T, D = 2, 48, 16
+    q, k, v = torch.randn(B, T, H, D), torch.randn(B, T, Hkv, D), torch.randn(B, T, Hkv, D)
+    full = tg.causal_attention(q, k, v, "sdpa")
+    for n in (1, 5, 47):
+        torch.testing.assert_close(tg.causal_attention(q[:, T - n :], k, v, "sdpa"), full[:, T - n :])
+        torch.testing.assert_close(tg.last_rows_attention(q[:, T - n :].bfloat16(), k.bfloat16(), v.bfloat16()).float(),
+                                   full[:, T - n :], rtol=0.03, atol=0.03)
+
+
 def test_rotary_tables_serve_every_length_up_to_training(tiny_model, monkeypatch):
     """Up to the training length the model uses a prefix of its precomputed tables, which equals the tables
     computed for that length; beyond it the NTK-scaled tables are computed, and they differ from any prefix."""
