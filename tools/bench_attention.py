@@ -4,7 +4,8 @@
 
 Times forward+backward of every way this machine can compute train_gpt's attention: PyTorch SDPA with
 `enable_gqa` (its own backend choice, then each backend forced), SDPA on K/V expanded to all query heads
-(default choice and each backend forced), and FlashAttention 3 when importable. Each result is checked against
+(default choice and each backend forced), FlexAttention (compiled, causal block mask, `enable_gqa`), and
+FlashAttention 3 when importable. Each result is checked against
 an fp32 reference (relative error of the output and of dq) and timed with CUDA events (median of --reps). One
 `key:value` line per variant; variants a backend cannot run print `unsupported` with the reason's first line.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
 import sys
 
@@ -37,6 +39,16 @@ def fa3(q, k, v):
 
     out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
     return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
+
+
+@functools.cache
+def flex_attention_fn(T: int):
+    """Compiled FlexAttention with a causal block mask; grouped heads inside the kernel (no expanded K/V)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    mask = create_block_mask(lambda b, h, qi, ki: qi >= ki, None, None, T, T, device="cuda")
+    fn = torch.compile(flex_attention, dynamic=False)
+    return lambda q, k, v: fn(q, k, v, block_mask=mask, enable_gqa=True)
 
 
 def median_ms(fn, reps: int) -> float:
@@ -78,6 +90,7 @@ def main(argv=None) -> int:
     variants += [(f"sdpa_gqa_{n}", lambda: sdpa(q, k, v, False), b) for n, b in BACKENDS.items()]
     variants += [("sdpa_expand_default", lambda: sdpa(q, k, v, True), None)]
     variants += [(f"sdpa_expand_{n}", lambda: sdpa(q, k, v, True), b) for n, b in BACKENDS.items()]
+    variants += [("flex_gqa_compiled", lambda: flex_attention_fn(T)(q, k, v), None)]
     try:
         import flash_attn_interface  # noqa: F401
 
