@@ -39,6 +39,17 @@ def test_bench_logs_each_timed_loss_and_skips_eval(tmp_path):
     assert "sliding_eval" not in out
 
 
+def test_bench_on_two_gloo_ranks_checks_that_the_ranks_agree(tmp_path):
+    """Under torchrun the bench trains with every collective of the optimizers and prints that both ranks end
+    with the same weights."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")} | TINY
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(ROOT / "tools" / "bench.py"), "--steps", "2", "--warmup", "1", "--windows", "0"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert re.search(r"^bench world_size:2 ", out, re.M)
+    assert re.search(r"^ranks_agree:1$", out, re.M)
+
+
 def test_kernel_categories():
     sys.path.insert(0, str(ROOT / "tools"))
     import bench

@@ -6,7 +6,8 @@
 The model, optimizers, loader, step and evaluation are train_gpt's functions at the configuration the
 environment gives (defaults: the record configuration; the same variables as train_gpt.py). It times
 `--steps` optimizer steps without and then with recurrence, after `--warmup` untimed steps per mode (compile),
-each with the training loop's per-step bookkeeping (the agreed clock and the EMA update), reads peak memory,
+each with the training loop's per-step bookkeeping (the agreed clock and the EMA update), checks with several
+ranks that every rank holds the same weights (`ranks_agree:`), reads peak memory,
 then times the sliding-window evaluation (EVAL_STRIDE) of the first `--windows` windows.
 Without --data-dir it trains on synthetic uniform tokens (as SPEC §9's anchors) and scores synthetic
 validation tokens with a one-byte-per-token sidecar. Prints a `key:value` table on rank 0, including the loss of
@@ -173,6 +174,8 @@ def main(argv=None) -> int:
                 wall = timed(d.device, lambda: steps(args.profile))
             profile_report(log, f"recurrence:{int(looping)}", kernel_times(prof), args.profile, wall)
             gap_report(log, f"recurrence:{int(looping)}", kernel_gaps(prof), args.profile)
+    if d.world_size > 1:  # the optimizers' collectives must leave every rank with the same weights
+        log(f"ranks_agree:{int(tg.ranks_agree(list(model.parameters())))}")
     if d.device.type == "cuda":
         log(f"peak_memory_allocated_mib:{torch.cuda.max_memory_allocated() // 2**20} "
             f"alloc_retries:{torch.cuda.memory_stats().get('num_alloc_retries', 0)}")
