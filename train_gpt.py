@@ -542,12 +542,13 @@ def last_rows_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """
     B, n, H, D = q.shape
     T, hkv = k.size(1), k.size(2)
-    qg = q.reshape(B, n, hkv, H // hkv, D).permute(0, 2, 3, 1, 4).reshape(B, hkv, H // hkv * n, D)
-    s = (qg.float() @ k.permute(0, 2, 3, 1).float()).view(B, hkv, H // hkv, n, T) * D**-0.5
+    G = H // hkv
+    qg = q.reshape(B, n, hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, hkv, G * n, D)
+    s = (qg.float() @ k.permute(0, 2, 3, 1).float()).view(B, hkv, G, n, T) * D**-0.5
     keep = torch.arange(T, device=q.device) <= torch.arange(T - n, T, device=q.device)[:, None]
-    p = s.masked_fill(~keep, float("-inf")).softmax(-1).view(B, hkv, H // hkv * n, T).to(v.dtype)
+    p = s.masked_fill(~keep, float("-inf")).softmax(-1).view(B, hkv, G * n, T).to(v.dtype)
     y = p @ v.transpose(1, 2)
-    return y.view(B, hkv, H // hkv, n, D).permute(0, 3, 1, 2, 4).reshape(B, n, H, D)
+    return y.view(B, hkv, G, n, D).permute(0, 3, 1, 2, 4).reshape(B, n, H, D)
 
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
