@@ -14,21 +14,20 @@ TINY = dict(VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="64", NUM_HEADS="2", NUM_
             EVAL_STRIDE="16", TRAIN_BATCH_TOKENS="4096", VAL_BATCH_TOKENS="4096", RUN_ID="bench_test")
 
 
+def run_bench(tmp_path, *args, launcher: tuple[str, ...] = ()) -> str:
+    """tools/bench.py at the tiny configuration in tmp_path (under `launcher`, e.g. torchrun); its stdout."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")} | TINY
+    return subprocess.run([sys.executable, *launcher, str(ROOT / "tools" / "bench.py"), *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, check=True).stdout
+
+
 def test_bench_prints_train_and_eval_figures(tmp_path):
     """Both recurrence modes get a positive tokens/s, and the sliding evaluation times the asked windows."""
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")} | TINY
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--steps", "2", "--warmup", "1",
-                          "--windows", "40"], env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    out = run_bench(tmp_path, "--steps", "2", "--warmup", "1", "--windows", "40")
     rates = {int(m[1]): float(m[2]) for m in re.finditer(r"train recurrence:(\d) step_ms:\S+ tok/s:(\d+)", out)}
     assert set(rates) == {0, 1} and all(r > 0 for r in rates.values())
     assert re.search(r"sliding_eval windows:40 stride:16 time_ms:\d+", out)
     assert (tmp_path / "logs" / "bench_bench_test.txt").read_text() == out
-
-
-def run_bench(tmp_path, *args) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")} | TINY
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), *args], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, check=True).stdout
 
 
 def test_bench_logs_each_timed_loss_and_skips_eval(tmp_path):
@@ -42,10 +41,8 @@ def test_bench_logs_each_timed_loss_and_skips_eval(tmp_path):
 def test_bench_on_two_gloo_ranks_checks_that_the_ranks_agree(tmp_path):
     """Under torchrun the bench trains with every collective of the optimizers and prints that both ranks end
     with the same weights."""
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")} | TINY
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(ROOT / "tools" / "bench.py"), "--steps", "2", "--warmup", "1", "--windows", "0"],
-                         env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    out = run_bench(tmp_path, "--steps", "2", "--warmup", "1", "--windows", "0",
+                    launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
     assert re.search(r"^bench world_size:2 ", out, re.M)
     assert re.search(r"^ranks_agree:1$", out, re.M)
 

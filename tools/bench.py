@@ -7,8 +7,8 @@ The model, optimizers, loader, step and evaluation are train_gpt's functions at 
 environment gives (defaults: the record configuration; the same variables as train_gpt.py). It times
 `--steps` optimizer steps without and then with recurrence, after `--warmup` untimed steps per mode (compile),
 each with the training loop's per-step bookkeeping (the agreed clock and the EMA update), checks with several
-ranks that every rank holds the same weights (`ranks_agree:`), reads peak memory,
-then times the sliding-window evaluation (EVAL_STRIDE) of the first `--windows` windows.
+ranks that every rank holds the same weights (`ranks_agree:`), reads peak memory, then times the sliding-window
+evaluation (EVAL_STRIDE) of the first `--windows` windows.
 Without --data-dir it trains on synthetic uniform tokens (as SPEC §9's anchors) and scores synthetic
 validation tokens with a one-byte-per-token sidecar. Prints a `key:value` table on rank 0, including the loss of
 every timed step (`losses recurrence:…`), so that two versions run at one SEED on real text (--data-dir) can be

@@ -5,9 +5,9 @@
 Times forward+backward of every way this machine can compute train_gpt's attention: PyTorch SDPA with
 `enable_gqa` (its own backend choice, then each backend forced), SDPA on K/V expanded to all query heads
 (default choice and each backend forced), FlexAttention (compiled, causal block mask, `enable_gqa`), and
-FlashAttention 3 when importable. Each result is checked against
-an fp32 reference (relative error of the output and of dq) and timed with CUDA events (median of --reps). One
-`key:value` line per variant; variants a backend cannot run print `unsupported` with the reason's first line.
+FlashAttention 3 when importable. Each result is checked against an fp32 reference (relative error of the
+output and of dq) and timed with CUDA events (median of --reps). One `key:value` line per variant; variants a
+backend cannot run print `unsupported` with the reason's first line.
 """
 from __future__ import annotations
 
