@@ -97,11 +97,11 @@ def recording_weights(monkeypatch) -> list:
     seen = []
     original = tg.score_windows
 
-    def wrapper(h, nll_fn, val, windows, stride, d):
+    def wrapper(h, nll_fn, val, windows, stride, d, *most):
         chunks = {lo // h.ttt_chunk_tokens for _, lo, _ in windows}
         assert len(chunks) == 1  # one call scores pieces of one chunk only
         seen.append((chunks.pop(), torch.cat([p.detach().flatten().clone() for p in nll_fn.__self__.parameters()])))
-        return original(h, nll_fn, val, windows, stride, d)
+        return original(h, nll_fn, val, windows, stride, d, *most)
 
     monkeypatch.setattr(tg, "score_windows", wrapper)
     return seen
@@ -259,6 +259,36 @@ def test_freeze_blocks_keeps_early_blocks_fixed(setup):
         same = params_equal(b, b0)
         assert same == (i < 2), i
     assert not torch.equal(model.tok_emb.weight, base.tok_emb.weight)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 8])
+def test_warm_up_compiles_every_scoring_shape(tiny_h, tiny_model, val_arrays, monkeypatch, world_size):
+    """On every rank, the warm-up calls the scoring function at each (rows, scored positions) shape that the
+    sliding evaluation and score-first TTT then use, so no graph compiles on the evaluation clock; TTT's calls
+    hold no more rows than the rank's share of a chunk's windows, fewer than VAL_BATCH_TOKENS gives."""
+    h = tiny_h(ttt_enabled=True, ttt_epochs=0, ttt_chunk_tokens=C, val_batch_tokens=32 * L, prequant_ttt_enabled=False)
+    model, (tokens, sidecar) = tiny_model(seed=1), val_arrays
+    monkeypatch.setattr(tg, "all_reduce_", lambda t, op=None: t)  # each simulated rank keeps its own sums
+    for rank in range(world_size):
+        d = tg.Dist(rank=rank, world_size=world_size, local_rank=rank, device=CPU, is_main=rank == 0,
+                    grad_accum_steps=max(1, 8 // world_size))
+        seen = {"warm_up": set(), "sliding": set(), "ttt": set()}
+        phase = ["warm_up"]
+
+        def nll(x, y, last):
+            seen[phase[0]].add((x.size(0), last))
+            return 0.5 + 0.01 * y[:, -last:].float()
+
+        tg.warm_up_eval_graphs(h, model, model, nll, d)
+        phase[0] = "sliding"
+        tg.evaluate(h, nll, make_val(tokens, sidecar), d, STRIDE)
+        phase[0] = "ttt"
+        tg.score_first_ttt(h, model, nll, model, make_val(tokens, sidecar), d, lambda line: None)
+        assert seen["sliding"] and seen["ttt"]
+        assert seen["sliding"] | seen["ttt"] <= seen["warm_up"], seen
+        share = -(-(C // STRIDE) // world_size)
+        assert max(rows for rows, _ in seen["ttt"]) == share < 32
+        assert (32, STRIDE) in seen["sliding"] <= {(32, L), (32, STRIDE)}  # the wide first window is rank 0's
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def test_evaluate_with_fake_nll_counts_each_target_once(monkeypatch, n, L, strid
     tokens = torch.randint(0, 64, (n + 1,), generator=g)
     sidecar = torch.randint(0, 6, (n + 1,), generator=g)
     eval_stride = stride if h_stride == "same" else max(1, L // 4 if stride > L // 4 else L // 2)
-    h = SimpleNamespace(eval_seq_len=L, eval_stride=eval_stride, val_batch_tokens=batch_windows * L * world_size)
+    h = SimpleNamespace(eval_seq_len=L, eval_stride=eval_stride, val_batch_tokens=batch_windows * L)  # per rank
     f = 0.5 + 0.01 * tokens[1:].double()
     expected_loss = f.mean().item()
     expected_bpb = f.sum().item() / math.log(2) / sidecar[1:].sum().item()
@@ -96,6 +96,21 @@ def test_evaluate_with_fake_nll_counts_each_target_once(monkeypatch, n, L, strid
         loss, bpb = tg.evaluate(h, token_fn_nll, val, cpu_dist(), stride)
         assert loss == pytest.approx(expected_loss, rel=1e-6)
         assert bpb == pytest.approx(expected_bpb, rel=1e-6)
+
+
+def test_eval_rows_are_per_rank_and_capped():
+    """VAL_BATCH_TOKENS sizes each rank's scoring calls whatever the world size; fp32 logits stay under 64K rows,
+    and a score-first TTT chunk's share of windows per rank caps the rows of its calls."""
+    h = SimpleNamespace(eval_seq_len=2048, eval_stride=64, val_batch_tokens=524288, ttt_chunk_tokens=32768)
+    assert (tg.eval_rows(h, 64), tg.eval_rows(h, 2048)) == (256, 32)
+    shares = [tg.ttt_share(h, cpu_dist(0, w)) for w in (1, 2, 4, 8)]
+    assert shares == [512, 256, 128, 64]
+    assert [tg.eval_rows(h, 64, s) for s in shares] == [256, 256, 128, 64]
+    assert [tg.eval_rows(h, 2048, s) for s in shares] == [32, 32, 32, 32]
+    h.val_batch_tokens = 8 * 2048 * 1024
+    assert (tg.eval_rows(h, 64), tg.eval_rows(h, 16), tg.eval_rows(h, 2048)) == (1024, 4096, 32)
+    h.val_batch_tokens, h.ttt_chunk_tokens = 2048, 100  # a chunk not a multiple of the stride: 2 windows
+    assert (tg.eval_rows(h, 64), tg.ttt_share(h, cpu_dist(0, 1)), tg.ttt_share(h, cpu_dist(0, 8))) == (1, 2, 1)
 
 
 def test_evaluate_with_luts_charges_target_bytes(tiny_data, tiny_sp):
