@@ -274,6 +274,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def wait_for_ranks(device: torch.device) -> None:
+    """Before a clock starts: ranks end their compile warm-up seconds apart (measured on 4×H100), and a clock
+    started alone would count the wait at the first collective."""
+    synchronize(device)
+    if distributed():
+        dist.barrier()
+        synchronize(device)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Data: strict uint16 shards, a shard-phase-randomised training loader, validation tokens + byte sidecars.
 
@@ -1036,7 +1045,7 @@ def train(h, model: GPT, compiled, nll_fn, d: Dist, log, val: ValData) -> tuple[
     train_ms, step, stop_after = 0.0, 0, None
     last_log, loop_switch = (0, 0.0), None  # (step, train ms) at the last log line / recurrence switch
     clock = AgreedClock(d.device)
-    synchronize(d.device)
+    wait_for_ranks(d.device)
     t0 = time.perf_counter()
     while True:
         last_step = step == h.iterations or stop_after == step
@@ -1666,7 +1675,7 @@ def main() -> None:
         if h.warmup_steps > 0:  # compiled before the evaluation clock, as a full run's warm-up does
             t0 = time.perf_counter()
             warm_up_eval_graphs(h, model, compiled, nll_fn, d)
-            synchronize(d.device)
+            wait_for_ranks(d.device)
             log(f"eval_graphs_compiled time:{1000 * (time.perf_counter() - t0):.0f}ms")
         eval_t0 = time.perf_counter()  # everything from here on is the evaluation phase the rules time
     else:

@@ -1,5 +1,6 @@
 """Two CPU processes on gloo run the real training path and end with identical weights on both ranks."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,3 +28,40 @@ def test_two_ranks_agree_and_finish(tiny_data, tmp_path):
     assert "world_size:2 grad_accum_steps:4" in log
     assert "stopping_early: wallclock_cap" in log and "ranks_agree:1" in log
     assert "quantized_ttt val_loss:" in log and "final_score source:quantized_ttt" in log
+
+
+DELAYED = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+import train_gpt as tg
+original = tg.warm_up_eval_graphs
+def slow_on_rank_1(*args, **kwargs):  # a rank that ends its compile warm-up 3 s after the other
+    original(*args, **kwargs)
+    if os.environ["RANK"] == "1":
+        time.sleep(3)
+tg.warm_up_eval_graphs = slow_on_rank_1
+tg.main()
+"""
+
+
+def test_clocks_start_when_every_rank_is_ready(tiny_data, tmp_path):
+    """A rank that finishes warming up late delays the start of the training clock and of a resumed run's
+    evaluation clock instead of being counted on them: the first step and the first evaluation stay short."""
+    (tmp_path / "delayed.py").write_text(DELAYED)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env |= TINY | {"DATA_DIR": str(tiny_data), "ITERATIONS": "3", "MAX_WALLCLOCK_SECONDS": "0",
+                   "TRAIN_LOG_EVERY": "1", "PREQUANT_TTT_ENABLED": "0", "TTT_ENABLED": "0",
+                   "SLIDING_WINDOW_ENABLED": "0", "RUN_ID": "late_rank"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "delayed.py",
+           str(ROOT)]
+    for extra in ({}, {"RESUME_CHECKPOINT": "final_model.pt", "RUN_ID": "late_rank_resumed"}):
+        run = subprocess.run(cmd, env=env | extra, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+    log = (tmp_path / "logs" / "late_rank.txt").read_text()
+    first_step = re.search(r"^1/3 train_loss: \S+ train_time: \S+ step_avg: ([\d.]+)ms", log, re.M)
+    assert first_step and float(first_step.group(1)) < 2000, log
+    resumed = (tmp_path / "logs" / "late_rank_resumed.txt").read_text()
+    compiled = re.search(r"^eval_graphs_compiled time:(\d+)ms", resumed, re.M)
+    first_eval = re.search(r"^pre-quantization post-ema val_loss:\S+ val_bpb:\S+ eval_time:(\d+)ms", resumed, re.M)
+    assert compiled and int(compiled.group(1)) >= 3000, resumed  # the wait is counted before the clock
+    assert first_eval and int(first_eval.group(1)) < 2000, resumed
