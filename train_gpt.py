@@ -1484,9 +1484,9 @@ def window_plan(n_targets: int, seq_len: int, stride: int) -> list[tuple[int, in
 
 
 def eval_rows(h, last: int, most: float = math.inf) -> int:
-    """Windows per scoring call on each rank: VAL_BATCH_TOKENS of windows (per rank, so that 8 GPUs score as
-    efficiently as one: on one H100, 32 windows per call took 5-7% longer than 256), at most 64K rows of fp32
-    logits, and at most `most`."""
+    """Windows per scoring call on each rank: VAL_BATCH_TOKENS / EVAL_SEQ_LEN on every rank (not split over the
+    ranks: on one H100, 32 windows per call took 5-7% longer than 256), at most 64K rows of fp32 logits, and at
+    most `most`."""
     return max(1, min(h.val_batch_tokens // h.eval_seq_len, 65536 // last, most))
 
 
