@@ -15,15 +15,19 @@ TINY = dict(VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="64", NUM_HEADS="2", NUM_
             TTT_CHUNK_TOKENS="1024", GPTQ_CALIBRATION_BATCHES="4", RUN_ID="two_ranks", OMP_NUM_THREADS="1")
 
 
+def run_two_ranks(tmp_path, tiny_data, *script: str, **env) -> None:
+    """torchrun of `script` on two gloo ranks in tmp_path, at the tiny configuration overridden by `env`."""
+    base = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *script],
+                         env=base | TINY | {"DATA_DIR": str(tiny_data)} | env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
 def test_two_ranks_agree_and_finish(tiny_data, tmp_path):
     """Muon sharding, gradient sync and the agreed clock keep ranks identical; the run stops on the wallclock cap
     and ends with the reloaded artifact scored."""
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env |= TINY | {"DATA_DIR": str(tiny_data)}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(ROOT / "train_gpt.py")], env=env, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_two_ranks(tmp_path, tiny_data, str(ROOT / "train_gpt.py"))
     log = (tmp_path / "logs" / "two_ranks.txt").read_text()
     assert "world_size:2 grad_accum_steps:4" in log
     assert "stopping_early: wallclock_cap" in log and "ranks_agree:1" in log
@@ -48,15 +52,10 @@ def test_clocks_start_when_every_rank_is_ready(tiny_data, tmp_path):
     """A rank that finishes warming up late delays the start of the training clock and of a resumed run's
     evaluation clock instead of being counted on them: the first step and the first evaluation stay short."""
     (tmp_path / "delayed.py").write_text(DELAYED)
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env |= TINY | {"DATA_DIR": str(tiny_data), "ITERATIONS": "3", "MAX_WALLCLOCK_SECONDS": "0",
-                   "TRAIN_LOG_EVERY": "1", "PREQUANT_TTT_ENABLED": "0", "TTT_ENABLED": "0",
-                   "SLIDING_WINDOW_ENABLED": "0", "RUN_ID": "late_rank"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "delayed.py",
-           str(ROOT)]
+    env = dict(ITERATIONS="3", MAX_WALLCLOCK_SECONDS="0", TRAIN_LOG_EVERY="1", PREQUANT_TTT_ENABLED="0",
+               TTT_ENABLED="0", SLIDING_WINDOW_ENABLED="0", RUN_ID="late_rank")
     for extra in ({}, {"RESUME_CHECKPOINT": "final_model.pt", "RUN_ID": "late_rank_resumed"}):
-        run = subprocess.run(cmd, env=env | extra, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stderr[-3000:]
+        run_two_ranks(tmp_path, tiny_data, "delayed.py", str(ROOT), **env | extra)
     log = (tmp_path / "logs" / "late_rank.txt").read_text()
     first_step = re.search(r"^1/3 train_loss: \S+ train_time: \S+ step_avg: ([\d.]+)ms", log, re.M)
     assert first_step and float(first_step.group(1)) < 2000, log
