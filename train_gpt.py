@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import functools
 import itertools
 import json
 import lzma
@@ -459,12 +460,49 @@ class TrainLoader:
 
 
 def attention_backend() -> str:
+    """FlashAttention 3 (flash_attn_interface) when importable, else FlashAttention 4 (pip flash-attn-4), else SDPA."""
+    if not torch.cuda.is_available():
+        return "sdpa"
     try:
         import flash_attn_interface  # noqa: F401
 
         return "flash_attn_3"
     except ImportError:
+        pass
+    try:
+        flash_attn_4()
+        return "flash_attn_4"
+    except ImportError:
         return "sdpa"
+
+
+@functools.cache
+def flash_attn_4() -> None:
+    """Registers FlashAttention 4's forward and backward (CuTe DSL kernels, compiled at first use) as custom ops, so
+    that compiled graphs hold them whole: torch.ops.train_gpt.fa4(q (B, T, H, D), k, v (B, T, Hkv, D)) -> (out, lse
+    (B, H, T) fp32), causal, the queries aligned to the end of the keys. pack_gqa puts the query heads of one KV head
+    in one tile: a 5% faster forward at the record's shapes."""
+    from flash_attn.cute.interface import _flash_attn_bwd, _flash_attn_fwd
+
+    def fwd(q, k, v):
+        return tuple(_flash_attn_fwd(q, k, v, causal=True, return_lse=True, pack_gqa=True)[:2])
+
+    def bwd(q, k, v, out, dout, lse):
+        return tuple(_flash_attn_bwd(q, k, v, out, dout, lse, causal=True)[:3])
+
+    def backward(ctx, dout, dlse):  # lse is not differentiated
+        q, k, v, out, lse = ctx.saved_tensors
+        return bwd_op(q, k, v, out, dout.contiguous(), lse)
+
+    fwd_op = torch.library.custom_op("train_gpt::fa4", fwd, mutates_args=(),
+                                     schema="(Tensor q, Tensor k, Tensor v) -> (Tensor, Tensor)")
+    bwd_op = torch.library.custom_op("train_gpt::fa4_bwd", bwd, mutates_args=(),
+                                     schema="(Tensor q, Tensor k, Tensor v, Tensor out, Tensor dout, Tensor lse) "
+                                            "-> (Tensor, Tensor, Tensor)")
+    fwd_op.register_fake(lambda q, k, v: (torch.empty_like(q), q.new_empty(q.size(0), q.size(2), q.size(1),
+                                                                            dtype=torch.float32)))
+    bwd_op.register_fake(lambda q, k, v, *_: (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)))
+    fwd_op.register_autograd(backward, setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs, *output))
 
 
 LOG2E = 1.4426950408889634
@@ -568,6 +606,8 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
 
         out = flash_attn_func(q, k, v, causal=True)
         return out[0] if isinstance(out, tuple) else out
+    if backend == "flash_attn_4":
+        return torch.ops.train_gpt.fa4(q.contiguous(), k.contiguous(), v.contiguous())[0]
     if q.size(1) < k.size(1):  # SDPA's is_causal aligns the queries to the start
         return last_rows_attention(q, k, v)
     y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,

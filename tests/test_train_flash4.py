@@ -1,0 +1,133 @@
+"""The FlashAttention 4 backend's glue: train_gpt.flash_attn_4's custom ops, their fake (meta) kernels and autograd.
+
+On the CPU, in a subprocess (the ops are registered once per process), a stand-in `flash_attn.cute.interface` with
+FlashAttention's calling convention and exact float32 math takes the kernels' place; the test then checks the ops
+with torch.library.opcheck and compares attention and a tiny model against SDPA. With CUDA and flash-attn-4
+installed, the real kernels are compared against SDPA in bf16.
+"""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_gpt as tg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STAND_IN = '''
+import sys, types, torch
+
+def _scores(q, k):  # (B, n, H, D) x (B, T, Hkv, D) -> fp32 (B, H, n, T), causal with the queries at the end
+    B, n, H, D = q.shape
+    T, G = k.size(1), H // k.size(2)
+    s = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.repeat_interleave(G, 2).float()) * D**-0.5
+    keep = torch.arange(T)[None, :] <= torch.arange(T - n, T)[:, None]
+    return s.masked_fill(~keep, float("-inf")), G
+
+def _flash_attn_fwd(q, k, v, causal, return_lse, pack_gqa):
+    assert causal and return_lse and all(t.is_contiguous() for t in (q, k, v))
+    s, G = _scores(q, k)
+    out = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v.repeat_interleave(G, 2).float())
+    return out.to(q.dtype).contiguous(), s.logsumexp(-1), None, None, None
+
+def _flash_attn_bwd(q, k, v, out, dout, lse, causal):
+    assert causal and dout.is_contiguous() and lse.shape == (q.size(0), q.size(2), q.size(1))
+    s, G = _scores(q, k)
+    p, D = (s - lse[..., None]).exp(), q.size(-1)
+    do = dout.float()
+    dv = torch.einsum("bhqk,bqhd->bkhd", p, do)
+    dp = torch.einsum("bqhd,bkhd->bhqk", do, v.repeat_interleave(G, 2).float())
+    ds = p * (dp - (do * out.float()).sum(-1).transpose(1, 2)[..., None]) * D**-0.5
+    dq = torch.einsum("bhqk,bkhd->bqhd", ds, k.repeat_interleave(G, 2).float())
+    dk = torch.einsum("bhqk,bqhd->bkhd", ds, q.float())
+    per_kv = lambda t: t.view(t.size(0), t.size(1), -1, G, t.size(3)).sum(3)
+    return tuple(t.to(q.dtype).contiguous() for t in (dq, per_kv(dk), per_kv(dv)))
+
+iface = types.ModuleType("flash_attn.cute.interface")
+iface._flash_attn_fwd, iface._flash_attn_bwd = _flash_attn_fwd, _flash_attn_bwd
+for name in ("flash_attn", "flash_attn.cute"):
+    sys.modules[name] = types.ModuleType(name)
+sys.modules["flash_attn.cute.interface"] = iface
+'''
+
+CHECKS = '''
+import torch
+import train_gpt as tg
+from conftest import TINY
+from torch.library import opcheck
+
+tg.flash_attn_4()
+torch.manual_seed(0)
+q, k, v = (torch.randn(2, 24, h, 16, requires_grad=True) for h in (4, 2, 2))
+for dtype in (torch.float32, torch.bfloat16):  # the fake kernels' shapes and dtypes (lse stays fp32) and autograd
+    opcheck(torch.ops.train_gpt.fa4, tuple(t.detach().to(dtype).requires_grad_() for t in (q, k, v)))
+for n in (24, 8):  # every query row, and the scoring path's last rows
+    qn = q[:, -n:].detach().requires_grad_()
+    a, b = (tg.causal_attention(qn, k, v, backend) for backend in ("sdpa", "flash_attn_4"))
+    g = torch.randn_like(a)
+    ga, gb = (torch.autograd.grad(y, (qn, k, v), g) for y in (a, b))
+    assert torch.allclose(a, b, atol=1e-5), (n, (a - b).abs().max())
+    for x, y in zip(ga, gb):
+        assert torch.allclose(x, y, atol=1e-5), (n, (x - y).abs().max())
+compiled = torch.compile(lambda q, k, v: tg.causal_attention(q, k, v, "flash_attn_4"), backend="aot_eager", fullgraph=True)
+out = compiled(q, k, v)
+assert torch.allclose(out, tg.causal_attention(q, k, v, "sdpa"), atol=1e-5)
+out.square().sum().backward()
+assert q.grad is not None and k.grad.shape == k.shape
+h = tg.read_hyperparameters()
+vars(h).update(TINY)
+tg.validate_hyperparameters(h)
+models = [tg.GPT(h, backend) for backend in ("sdpa", "flash_attn_4")]
+with torch.no_grad():  # perturbed: the zero-initialised projections would block the gradients
+    for p in models[0].parameters():
+        p.add_(0.05 * torch.randn_like(p))
+models[1].load_state_dict(models[0].state_dict())
+x = torch.randint(0, h.vocab_size, (2, h.train_seq_len))
+losses, scores = [], []
+for m in models:
+    m.looping = True
+    losses.append(m(x, x.roll(-1, 1)))
+    losses[-1].backward()
+    with torch.no_grad():
+        scores.append(m.token_nll(x, x.roll(-1, 1), h.eval_stride))
+assert torch.allclose(losses[0], losses[1], atol=1e-5), losses
+assert torch.allclose(scores[0], scores[1], atol=1e-5), (scores[0] - scores[1]).abs().max()
+for (name, p0), p1 in zip(models[0].named_parameters(), models[1].parameters()):
+    assert torch.allclose(p0.grad, p1.grad, atol=1e-5), name
+print("flash4 glue ok")
+'''
+
+
+def test_flash_attn_4_glue_matches_sdpa_with_a_stand_in_kernel(tmp_path):
+    script = tmp_path / "check.py"
+    script.write_text(STAND_IN + textwrap.dedent(CHECKS))
+    env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and "flash4 glue ok" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
+
+
+def test_backend_is_sdpa_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert tg.attention_backend() == "sdpa"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None
+                    or importlib.util.find_spec("flash_attn.cute") is None, reason="needs CUDA and flash-attn-4")
+def test_flash_attn_4_kernels_match_sdpa_on_the_gpu():
+    tg.flash_attn_4()
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(4, 512, h, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for h in (8, 4, 4))
+    for n in (512, 64):
+        qn = q[:, -n:].detach().requires_grad_()
+        a, b = (tg.causal_attention(qn, k, v, backend) for backend in ("sdpa", "flash_attn_4"))
+        g = torch.randn_like(a)
+        ga, gb = (torch.autograd.grad(y, (qn, k, v), g) for y in (a, b))
+        for x, y in zip((a, *ga), (b, *gb)):
+            rel = ((x.float() - y.float()).norm() / x.float().norm()).item()
+            assert rel < 1e-2, (n, rel)
