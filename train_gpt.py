@@ -488,11 +488,21 @@ def flash_attn_4() -> None:
         return tuple(_flash_attn_fwd(q, k, v, causal=True, return_lse=True, pack_gqa=True)[:2])
 
     def bwd(q, k, v, out, dout, lse):
-        return tuple(_flash_attn_bwd(q, k, v, out, dout, lse, causal=True)[:3])
+        """-> dq, and dk, dv per member of the query-head groups (G, B, T, Hkv, D), summed by the caller. With grouped
+        heads the kernel adds dK, dV in fp32 atomics and converts them in two more passes; each member (query heads i,
+        i + G, ..., as strided views) against all KV heads is a plain multi-head backward, 7-8% faster here."""
+        g = q.size(2) // k.size(2)
+        dq, dk, dv = torch.empty_like(q), k.new_empty(g, *k.shape), v.new_empty(g, *v.shape)
+        for i in range(g):
+            h = slice(i, None, g)
+            _flash_attn_bwd(q[:, :, h], k, v, out[:, :, h], dout[:, :, h], lse[:, h], causal=True, dq=dq[:, :, h],
+                            dk=dk[i], dv=dv[i])
+        return dq, dk, dv
 
     def backward(ctx, dout, dlse):  # lse is not differentiated
         q, k, v, out, lse = ctx.saved_tensors
-        return bwd_op(q, k, v, out, dout.contiguous(), lse)
+        dq, dk, dv = bwd_op(q, k, v, out, dout.contiguous(), lse)
+        return dq, dk.sum(0), dv.sum(0)
 
     fwd_op = torch.library.custom_op("train_gpt::fa4", fwd, mutates_args=(),
                                      schema="(Tensor q, Tensor k, Tensor v) -> (Tensor, Tensor)")
@@ -501,7 +511,8 @@ def flash_attn_4() -> None:
                                             "-> (Tensor, Tensor, Tensor)")
     fwd_op.register_fake(lambda q, k, v: (torch.empty_like(q), q.new_empty(q.size(0), q.size(2), q.size(1),
                                                                             dtype=torch.float32)))
-    bwd_op.register_fake(lambda q, k, v, *_: (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)))
+    bwd_op.register_fake(lambda q, k, v, *_: (torch.empty_like(q), k.new_empty(q.size(2) // k.size(2), *k.shape),
+                                              v.new_empty(q.size(2) // k.size(2), *v.shape)))
     fwd_op.register_autograd(backward, setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs, *output))
 
 

@@ -38,18 +38,20 @@ def _flash_attn_fwd(q, k, v, causal, return_lse, pack_gqa):
     out = torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v.repeat_interleave(G, 2).float())
     return out.to(q.dtype).contiguous(), s.logsumexp(-1), None, None, None
 
-def _flash_attn_bwd(q, k, v, out, dout, lse, causal):
-    assert causal and dout.is_contiguous() and lse.shape == (q.size(0), q.size(2), q.size(1))
+def _flash_attn_bwd(q, k, v, out, dout, lse, causal, dq=None, dk=None, dv=None):  # strided views, given outputs
+    assert causal and all(t.stride(-1) == 1 for t in (q, k, v, out, dout, lse))
+    assert lse.shape == (q.size(0), q.size(2), q.size(1))
     s, G = _scores(q, k)
     p, D = (s - lse[..., None]).exp(), q.size(-1)
     do = dout.float()
-    dv = torch.einsum("bhqk,bqhd->bkhd", p, do)
+    gv = torch.einsum("bhqk,bqhd->bkhd", p, do)
     dp = torch.einsum("bqhd,bkhd->bhqk", do, v.repeat_interleave(G, 2).float())
     ds = p * (dp - (do * out.float()).sum(-1).transpose(1, 2)[..., None]) * D**-0.5
-    dq = torch.einsum("bhqk,bkhd->bqhd", ds, k.repeat_interleave(G, 2).float())
-    dk = torch.einsum("bhqk,bqhd->bkhd", ds, q.float())
+    gq = torch.einsum("bhqk,bkhd->bqhd", ds, k.repeat_interleave(G, 2).float())
+    gk = torch.einsum("bhqk,bqhd->bkhd", ds, q.float())
     per_kv = lambda t: t.view(t.size(0), t.size(1), -1, G, t.size(3)).sum(3)
-    return tuple(t.to(q.dtype).contiguous() for t in (dq, per_kv(dk), per_kv(dv)))
+    res = [t.to(q.dtype) for t in (gq, per_kv(gk), per_kv(gv))]
+    return tuple(r if o is None else o.copy_(r) for r, o in zip(res, (dq, dk, dv)))
 
 iface = types.ModuleType("flash_attn.cute.interface")
 iface._flash_attn_fwd, iface._flash_attn_bwd = _flash_attn_fwd, _flash_attn_bwd
@@ -69,6 +71,9 @@ torch.manual_seed(0)
 q, k, v = (torch.randn(2, 24, h, 16, requires_grad=True) for h in (4, 2, 2))
 for dtype in (torch.float32, torch.bfloat16):  # the fake kernels' shapes and dtypes (lse stays fp32) and autograd
     opcheck(torch.ops.train_gpt.fa4, tuple(t.detach().to(dtype).requires_grad_() for t in (q, k, v)))
+    qkv = tuple(t.detach().to(dtype) for t in (q, k, v))  # the backward's per-group dK, dV: (G, B, T, Hkv, D)
+    o, lse = torch.ops.train_gpt.fa4(*qkv)
+    opcheck(torch.ops.train_gpt.fa4_bwd, (*qkv, o, torch.randn_like(o), lse))
 for n in (24, 8):  # every query row, and the scoring path's last rows
     qn = q[:, -n:].detach().requires_grad_()
     a, b = (tg.causal_attention(qn, k, v, backend) for backend in ("sdpa", "flash_attn_4"))
