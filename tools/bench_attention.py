@@ -20,7 +20,6 @@ import contextlib
 import functools
 import statistics
 import sys
-
 from pathlib import Path
 
 import torch
