@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import sys
 from pathlib import Path
@@ -26,6 +27,11 @@ TINY = dict(vocab_size=64, num_layers=4, model_dim=64, num_heads=2, num_kv_heads
             parallel_residual_start=3, xsa_last_n=4, train_seq_len=32, eval_seq_len=32, eval_stride=8,
             train_batch_tokens=2048, val_batch_tokens=2048, iterations=10, max_wallclock_seconds=0.0,
             warmup_steps=0)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """For a subprocess: the ambient environment without train_gpt's variables (as clean_env), plus `extra`."""
+    return {k: v for k, v in os.environ.items() if k not in HPARAM_ENV + DIST_ENV} | extra
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import torch
 
 import tinydata
 import train_gpt as tg
-from conftest import DIST_ENV, HPARAM_ENV
+from conftest import DIST_ENV, HPARAM_ENV, child_env
 from test_train_e2e import NUM, TINY_RUN
 
 ROOT = Path(tg.__file__).resolve().parent
@@ -443,8 +443,7 @@ def test_fstrings_hold_no_string_literals():
 
 
 def test_packed_script_fails_like_the_source_on_bad_env(packed_path):
-    env = {k: v for k, v in os.environ.items() if k not in set(HPARAM_ENV) | set(DIST_ENV)}
-    env["VOCAB_SIZE"] = "abc"
+    env = child_env(VOCAB_SIZE="abc")
     procs = [subprocess.Popen([sys.executable, str(p)], cwd=packed_path.parent, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for p in (SCRIPT, packed_path)]
     results = [p.communicate(timeout=120) for p in procs]
@@ -736,8 +735,7 @@ def test_packed_script_runs_the_export_path_like_the_source(e2e, packed_path, tm
     cwd, data, base = e2e
     shutil.copy(cwd / "final_model.ttt.pt", tmp_path / "final_model.ttt.pt")
     shutil.copy(packed_path, tmp_path / "train_gpt.py")
-    env = {k: v for k, v in os.environ.items() if k not in set(HPARAM_ENV) | set(DIST_ENV)}
-    env.update({**E2E_RUN, "DATA_DIR": str(data), "RUN_ID": "packed", "RESUME_CHECKPOINT": "final_model.ttt.pt"})
+    env = child_env(**E2E_RUN | {"DATA_DIR": str(data), "RUN_ID": "packed", "RESUME_CHECKPOINT": "final_model.ttt.pt"})
     proc = subprocess.run([sys.executable, "train_gpt.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

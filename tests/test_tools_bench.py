@@ -1,5 +1,4 @@
 """tools/bench.py runs train_gpt's real step and sliding evaluation and prints its figures."""
-import os
 import re
 import subprocess
 import sys
@@ -7,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="64", NUM_HEADS="2", NUM_KV_HEADS="1", LOOP_START="1",
@@ -16,9 +17,8 @@ TINY = dict(VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="64", NUM_HEADS="2", NUM_
 
 def run_bench(tmp_path, *args, launcher: tuple[str, ...] = ()) -> str:
     """tools/bench.py at the tiny configuration in tmp_path (under `launcher`, e.g. torchrun); its stdout."""
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")} | TINY
-    return subprocess.run([sys.executable, *launcher, str(ROOT / "tools" / "bench.py"), *args], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, check=True).stdout
+    return subprocess.run([sys.executable, *launcher, str(ROOT / "tools" / "bench.py"), *args], env=child_env(**TINY),
+                          cwd=tmp_path, capture_output=True, text=True, check=True).stdout
 
 
 def test_bench_prints_train_and_eval_figures(tmp_path):

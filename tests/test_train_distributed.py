@@ -1,9 +1,10 @@
 """Two CPU processes on gloo run the real training path and end with identical weights on both ranks."""
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,9 +18,8 @@ TINY = dict(VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="64", NUM_HEADS="2", NUM_
 
 def run_two_ranks(tmp_path, tiny_data, *script: str, **env) -> None:
     """torchrun of `script` on two gloo ranks in tmp_path, at the tiny configuration overridden by `env`."""
-    base = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *script],
-                         env=base | TINY | {"DATA_DIR": str(tiny_data)} | env, cwd=tmp_path, capture_output=True,
+                         env=child_env(**TINY | {"DATA_DIR": str(tiny_data)} | env), cwd=tmp_path, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
 

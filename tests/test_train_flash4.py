@@ -8,7 +8,6 @@ installed, the real kernels are compared against SDPA in bf16.
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ import pytest
 import torch
 
 import train_gpt as tg
-from conftest import DIST_ENV, HPARAM_ENV
+from conftest import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,9 +113,7 @@ print("flash4 glue ok")
 def test_flash_attn_4_glue_matches_sdpa_with_a_stand_in_kernel(tmp_path):
     script = tmp_path / "check.py"
     script.write_text(STAND_IN + textwrap.dedent(CHECKS))
-    # the ambient environment without train_gpt's variables (as the clean_env fixture), on the CPU
-    env = {k: v for k, v in os.environ.items() if k not in HPARAM_ENV + DIST_ENV}
-    env |= {"PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "CUDA_VISIBLE_DEVICES": ""}
+    env = child_env(PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}", CUDA_VISIBLE_DEVICES="")  # on the CPU
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0 and "flash4 glue ok" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
 
