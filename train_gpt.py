@@ -98,6 +98,7 @@ def read_hyperparameters() -> SimpleNamespace:
     LOOP_START = _env(int, "LOOP_START", 3)
     LOOP_END = _env(int, "LOOP_END", 5)
     ENABLE_LOOPING_AT = _env(float, "ENABLE_LOOPING_AT", 0.35)
+    ATTENTION = _env(str, "ATTENTION", "auto")  # auto (the first that loads), flash_attn_3, flash_attn_4 or sdpa
     PARALLEL_RESIDUAL_START = _env(int, "PARALLEL_RESIDUAL_START", 7)
     # Optimisation.
     MATRIX_LR = _env(float, "MATRIX_LR", 0.022)
@@ -201,6 +202,8 @@ def validate_hyperparameters(h: SimpleNamespace) -> None:
         _require(2 <= getattr(h, name) <= 8, name.upper(), getattr(h, name), "in [2, 8]")
     _require(h.compressor in ("brotli", "lzma"), "COMPRESSOR", h.compressor, "brotli or lzma")
     _require(h.artifact_limit > 0, "ARTIFACT_LIMIT", h.artifact_limit, "> 0 bytes")
+    _require(h.attention in ("auto", "flash_attn_3", "flash_attn_4", "sdpa"), "ATTENTION", h.attention,
+             "auto, flash_attn_3, flash_attn_4 or sdpa")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -459,21 +462,24 @@ class TrainLoader:
 # Model: tied-embedding GPT with partial RoPE, XSA, parallel late layers, depth recurrence and U-Net skips.
 
 
-def attention_backend() -> str:
-    """FlashAttention 3 (flash_attn_interface) when importable, else FlashAttention 4 (pip flash-attn-4), else SDPA."""
-    if not torch.cuda.is_available():
+def attention_backend(requested: str = "auto") -> str:
+    """ATTENTION=auto: FlashAttention 3 (flash_attn_interface) when importable, else FlashAttention 4 (pip
+    flash-attn-4), else SDPA. A named backend must load here, or the run stops before any GPU time."""
+    if requested == "sdpa" or (requested == "auto" and not torch.cuda.is_available()):
         return "sdpa"
-    try:
-        import flash_attn_interface  # noqa: F401
-
-        return "flash_attn_3"
-    except ImportError:
-        pass
-    try:
-        flash_attn_4()
-        return "flash_attn_4"
-    except ImportError:
-        return "sdpa"
+    for name in ("flash_attn_3", "flash_attn_4") if requested == "auto" else (requested,):
+        try:
+            if not torch.cuda.is_available():
+                raise ImportError("no CUDA device")
+            if name == "flash_attn_3":
+                import flash_attn_interface  # noqa: F401
+            else:
+                flash_attn_4()
+            return name
+        except ImportError as e:
+            if requested != "auto":
+                raise ValueError(f"ATTENTION={requested!r}: cannot be used here ({e})") from None
+    return "sdpa"
 
 
 @functools.cache
@@ -1700,7 +1706,7 @@ def main() -> None:
     h = read_hyperparameters()
     d = init_distributed()
     log = Logger(h.run_id, d.is_main)
-    backend = attention_backend()
+    backend = attention_backend(h.attention)
     log(f"run_id:{h.run_id} world_size:{d.world_size} grad_accum_steps:{d.grad_accum_steps} device:{d.device} "
         f"torch:{torch.__version__} attention:{backend}")
     for k, v in sorted(vars(h).items()):

@@ -11,6 +11,7 @@ import importlib.util
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,39 @@ def test_flash_attn_4_glue_matches_sdpa_with_a_stand_in_kernel(tmp_path):
 def test_backend_is_sdpa_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert tg.attention_backend() == "sdpa"
+    assert tg.attention_backend("sdpa") == "sdpa"
+
+
+@pytest.mark.parametrize("name", ["flash_attn_3", "flash_attn_4"])
+def test_a_named_backend_that_cannot_load_stops_the_run(monkeypatch, name):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=f"ATTENTION='{name}': cannot be used here"):
+        tg.attention_backend(name)
+
+
+def test_auto_takes_the_first_backend_that_loads(monkeypatch):
+    """flash_attn_3 when importable; without it FlashAttention 4 (here a stand-in that loads); else SDPA."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", None)  # import raises ImportError
+    monkeypatch.setattr(tg, "flash_attn_4", lambda: None)
+    assert tg.attention_backend("auto") == "flash_attn_4"
+    assert tg.attention_backend("sdpa") == "sdpa"
+
+    def missing():
+        raise ImportError("no flash_attn.cute")
+
+    monkeypatch.setattr(tg, "flash_attn_4", missing)
+    assert tg.attention_backend("auto") == "sdpa"
+    with pytest.raises(ValueError, match="no flash_attn.cute"):
+        tg.attention_backend("flash_attn_4")
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", types.ModuleType("flash_attn_interface"))
+    assert tg.attention_backend("auto") == "flash_attn_3"
+
+
+def test_attention_variable_is_checked(clean_env, monkeypatch):
+    monkeypatch.setenv("ATTENTION", "flash")
+    with pytest.raises(ValueError, match="ATTENTION='flash': expected auto, flash_attn_3, flash_attn_4 or sdpa"):
+        tg.read_hyperparameters()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None

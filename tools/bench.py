@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     h = tg.read_hyperparameters()
     d = tg.init_distributed()
     log = tg.Logger(f"bench_{h.run_id}", d.is_main)
-    backend = tg.attention_backend()
+    backend = tg.attention_backend(h.attention)
     tmp = None
     if args.data_dir is not None:
         h.data_dir = str(args.data_dir)
