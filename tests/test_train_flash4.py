@@ -151,6 +151,22 @@ def test_auto_takes_the_first_backend_that_loads(monkeypatch):
     assert tg.attention_backend("auto") == "flash_attn_3"
 
 
+def test_flash_attn_4_without_output_arguments_does_not_load(monkeypatch):
+    """A flash-attn-4 whose backward cannot write into given dq/dk/dv views: auto falls back, a named one stops."""
+    iface = types.ModuleType("flash_attn.cute.interface")
+    iface._flash_attn_fwd = lambda q, k, v, causal, return_lse, pack_gqa: None
+    iface._flash_attn_bwd = lambda q, k, v, out, dout, lse, causal: None
+    for name in ("flash_attn", "flash_attn.cute"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", iface)
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(tg, "flash_attn_4", tg.flash_attn_4.__wrapped__)  # uncached: nothing gets registered
+    assert tg.attention_backend("auto") == "sdpa"
+    with pytest.raises(ValueError, match="no dq/dk/dv outputs"):
+        tg.attention_backend("flash_attn_4")
+
+
 def test_attention_variable_is_checked(clean_env, monkeypatch):
     monkeypatch.setenv("ATTENTION", "flash")
     with pytest.raises(ValueError, match="ATTENTION='flash': expected auto, flash_attn_3, flash_attn_4 or sdpa"):
