@@ -466,7 +466,7 @@ class TrainLoader:
 def attention_backend(requested: str = "auto") -> str:
     """ATTENTION=auto: FlashAttention 3 (flash_attn_interface) when importable, else FlashAttention 4 (pip
     flash-attn-4), else SDPA. A named backend must load here, or the run stops before any GPU time."""
-    if requested == "sdpa" or (requested == "auto" and not torch.cuda.is_available()):
+    if requested == "sdpa":
         return "sdpa"
     for name in ("flash_attn_3", "flash_attn_4") if requested == "auto" else (requested,):
         try:
@@ -493,6 +493,7 @@ def flash_attn_4() -> None:
 
     if not {"dq", "dk", "dv"} <= set(inspect.signature(_flash_attn_bwd).parameters):  # fails at the first backward
         raise ImportError("this flash-attn-4's _flash_attn_bwd takes no dq/dk/dv outputs (written for 4.0.0b36)")
+
     def fwd(q, k, v):
         return tuple(_flash_attn_fwd(q, k, v, causal=True, return_lse=True, pack_gqa=True)[:2])
 
