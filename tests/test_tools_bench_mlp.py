@@ -1,8 +1,8 @@
 """tools/bench_mlp.py's candidate fused MLP computes the same values and gradients as train_gpt's MLP.
 
-Needs Triton: on a CUDA machine the kernels run on the GPU; elsewhere, with Triton installed, under
-TRITON_INTERPRET=1 on the CPU (in a subprocess, since the variable is read when the kernels are defined).
-Skipped where Triton is absent (the CPU CI).
+Needs Triton and a CUDA GPU. The kernels also run under TRITON_INTERPRET=1 on the CPU, but Triton 3.6's
+interpreter multiplies bf16 tiles wrongly with numpy 2.4 (a 16x16 bf16 tl.dot came out about 3e10 off, fp16 was
+exact), so the CPU form is not tested. Skipped elsewhere (the CPU CI).
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None or not torch.cuda.is_available(),
+                                reason="needs Triton and a CUDA GPU")
 
 CHECK = """
 import sys, torch
@@ -35,16 +36,13 @@ for name, fn in (("reference", b.reference_mlp), ("fused", b.FusedMLP.apply)):
     errs[name] = [b.max_rel_err(t, w) for t, w in zip((y, x.grad, w1.grad, w2.grad), want)]
 print(errs)
 for r, f in zip(errs["reference"], errs["fused"]):
-    # bf16 rounding bounds both; the CPU interpreter truncates fp32 -> bf16 casts, hence the factor 3
+    # bf16 rounding bounds both
     assert f < 2e-2 and f < 3 * r + 1e-3, errs
 print("ok")
 """
 
 
 def test_fused_mlp_matches_reference():
-    env = dict(os.environ)
-    if not torch.cuda.is_available():
-        env["TRITON_INTERPRET"] = "1"
-    out = subprocess.run([sys.executable, "-c", CHECK.format(tools=str(ROOT / "tools"))], env=env,
+    out = subprocess.run([sys.executable, "-c", CHECK.format(tools=str(ROOT / "tools"))], env=dict(os.environ),
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr

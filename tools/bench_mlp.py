@@ -25,7 +25,8 @@ each Triton product against the cuBLAS product it replaces, to tell the products
 Needs Triton to start. --tokens and --dim must be multiples of 256 (the kernels have no edge masks). The kernels
 run on CPU tensors too under TRITON_INTERPRET=1 (slowly: use --tokens 256 or 512), which checks the math where
 there is no GPU and prints only the error lines; the interpreter truncates fp32 -> bf16 casts instead of rounding
-them, so its errors are about twice the GPU's. tests/test_tools_bench_mlp.py checks values and gradients either way (skipped without Triton).
+them, so its errors are about twice the GPU's (and with numpy 2.4 its bf16 products are wrong: see
+tests/test_tools_bench_mlp.py, which checks values and gradients on a CUDA GPU only).
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ the logs cannot tell, e.g. a resumed run has no training lines) together with th
 The tool stops with an error naming the log when a required line is missing or malformed (the run header,
 `hparam seed`, `Total submission size`, `final_score`), when a log's own lines contradict each other, when one
 file holds several runs (the logger appends), or when the logs disagree on what must be equal across seeds
-(evaluation mode and validity, world size, device type, torch, attention backend, counted code bytes, validation
+(evaluation mode and validity, world size, device type, torch, attention backend, MLP kernel, counted code bytes, validation
 tokens) or repeat a seed.
 """
 from __future__ import annotations
@@ -52,7 +52,8 @@ SCORE_KEYS = {
 NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf)"
 PATTERNS = {  # one regex per line kind; each must match a whole line
     "header": r"run_id:(?P<run_id>.*) world_size:(?P<world_size>\d+) grad_accum_steps:(?P<grad_accum>\d+) "
-              r"device:(?P<device>\S+) torch:(?P<torch>\S+) attention:(?P<attention>\S+)",
+              r"device:(?P<device>\S+) torch:(?P<torch>\S+) attention:(?P<attention>\S+)"
+              r"(?: mlp_kernel:(?P<mlp_kernel>\S+))?",
     "hparam": r"hparam (?P<key>\w+):(?P<value>.*)",
     "val_tokens": r"val_tokens:(?P<n>\d+) byte_sidecar:(?P<sidecar>True|False)",
     "code_bytes": r"code_bytes source:(?P<source>\d+) counted:(?P<counted>\d+)",
@@ -207,6 +208,7 @@ def parse_log(path) -> dict:
             "device_type": header["device"].split(":")[0],
             "torch": header["torch"],
             "attention": header["attention"],
+            "mlp_kernel": header["mlp_kernel"],
             "val_tokens": int(one["val_tokens"]["n"]) if one["val_tokens"] else None,
             "byte_sidecar": one["val_tokens"]["sidecar"] == "True" if one["val_tokens"] else None,
             "model_params": int(one["model_params"]["n"]) if one["model_params"] else None,
@@ -296,7 +298,7 @@ def build_submission(runs: list[dict], *, name: str | None = None, author: str |
                  lambda r: (r["source"], r["model"], r["eval_mode_tag"], r["prequant_ttt"]))
     _check_equal(runs, "leaderboard validity", lambda r: r["leaderboard_valid"])
     shared = {key: _check_equal(runs, key.replace("_", " "), lambda r, k=key: r["_run"][k])
-              for key in ("world_size", "device_type", "torch", "attention", "val_tokens")}
+              for key in ("world_size", "device_type", "torch", "attention", "mlp_kernel", "val_tokens")}
     counted = _check_equal(runs, "counted code bytes", lambda r: r["code_bytes_counted"])
     first = runs[0]["_run"]
 
@@ -352,6 +354,7 @@ def build_submission(runs: list[dict], *, name: str | None = None, author: str |
         "world_size": shared["world_size"],
         "torch": shared["torch"],
         "attention": shared["attention"],
+        "mlp_kernel": shared["mlp_kernel"],
         "dataset": dataset or first["data_dir"],
         "val_tokens": shared["val_tokens"],
         "byte_sidecar": first["byte_sidecar"],
