@@ -567,9 +567,9 @@ def act_mm_kernel():
     """The MLP's products with the activation in their epilogues (Triton, TMA descriptors, persistent). Compiled, the
     MLP runs cuBLAS products and element-wise passes over the (M, 4*dim) hidden activation at memory speed; in the
     epilogue these cost a read of h in the backward and nothing in the forward. On 1xH100 at M = 98,304 (one
-    training micro-batch) the backward's dH takes 503 us instead of 709, the forward 499 instead of 582; scoring's
-    act(x W1^T) at M = 524,288 takes 2,055 us instead of 3,062 (logs/bench/h100x1_AM_actmm.txt). The product is
-    rounded to bf16 before the epilogue, as cuBLAS's output is; results equal PyTorch's there."""
+    training micro-batch) the backward's dH takes 504 us instead of 709, the forward 499 instead of 582; scoring's
+    act(x W1^T) at M = 524,288 takes 2,093 us instead of 3,062 (logs/bench/h100x1_AM_actmm.txt). The product is
+    rounded to bf16 before the epilogue, as cuBLAS's output is; there the results equaled PyTorch's bit for bit."""
     global tl  # @triton.jit resolves names in the module's globals
     import triton
     import triton.language as tl
