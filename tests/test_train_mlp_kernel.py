@@ -8,6 +8,7 @@ kernels are compared with PyTorch.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import pytest
 import torch
@@ -54,8 +55,21 @@ def test_mlp_kernel_hyperparameter_is_validated(clean_env):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the choice on a machine without CUDA")
 def test_mlp_kernel_choice_without_cuda():
-    assert tg.mlp_kernel("auto") == "torch" and tg.mlp_kernel("torch") == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning where no GPU was expected
+        assert tg.mlp_kernel("auto") == "torch" and tg.mlp_kernel("torch") == "torch"
     with pytest.raises(ValueError, match="MLP_KERNEL='triton'"):
+        tg.mlp_kernel("triton")
+
+
+def test_auto_falls_back_with_a_warning_on_an_older_gpu(monkeypatch):
+    """A CUDA machine where the kernel cannot run (here: compute capability 8.0) gets PyTorch's MLP and a warning
+    that says why; MLP_KERNEL=triton stops there instead."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    with pytest.warns(UserWarning, match="compute capability 9.0"):
+        assert tg.mlp_kernel("auto") == "torch"
+    with pytest.raises(ValueError, match="MLP_KERNEL='triton'.*compute capability 9.0"):
         tg.mlp_kernel("triton")
 
 
