@@ -530,8 +530,8 @@ def flash_attn_4() -> None:
 
 
 def mlp_kernel(requested: str = "auto") -> str:
-    """MLP_KERNEL=auto: "triton" (act_mm_kernel's products) when Triton loads on a GPU of compute capability 9.0 or newer and
-    matches PyTorch on a small problem, else "torch". A named kernel must load here, or the run stops."""
+    """MLP_KERNEL=auto: "triton" (act_mm_kernel's products) when Triton loads on a GPU of compute capability 9.0 or
+    newer and matches PyTorch on a small problem, else "torch". A named kernel must load here, or the run stops."""
     if requested == "torch":
         return "torch"
     try:
