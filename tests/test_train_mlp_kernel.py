@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import train_gpt as tg
+from test_train_optim import rel_err as relerr
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9 \
     and importlib.util.find_spec("triton") is not None
@@ -41,8 +42,11 @@ def cpu_ops():
         torch.library.register_kernel(f"train_gpt::{name}", "cpu", fn)
 
 
-def relerr(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+def use_kernel(model, kernel: str):
+    for m in model.modules():
+        if isinstance(m, tg.MLP):
+            m.kernel = kernel
+    return model
 
 
 def test_mlp_kernel_hyperparameter_is_validated(clean_env):
@@ -115,11 +119,8 @@ def test_tiny_model_with_the_fused_mlp(cpu_ops, tiny_model):
     """Under bf16 autocast the whole tiny model (recurrence on) gives the loss and gradients of the PyTorch form."""
     results = []
     for kernel in ("torch", "triton"):
-        model = tiny_model(seed=3)
+        model = use_kernel(tiny_model(seed=3), kernel)
         model.looping = True
-        for m in model.modules():
-            if isinstance(m, tg.MLP):
-                m.kernel = kernel
         x, y = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(1)), \
             torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(2))
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -140,10 +141,7 @@ def test_hessians_read_the_fused_mlp_inputs(cpu_ops, tiny_h, tiny_model, tiny_da
     h = tiny_h(data_dir=str(tiny_data), gptq_calibration_batches=2)
     got = []
     for kernel in ("torch", "triton"):
-        model = tiny_model(seed=2)
-        for m in model.modules():
-            if isinstance(m, tg.MLP):
-                m.kernel = kernel
+        model = use_kernel(tiny_model(seed=2), kernel)
         with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 stream, where the fused form applies
             got.append(tg.collect_hessians(h, model, cpu_dist()))
         assert {m.kernel for m in model.modules() if isinstance(m, tg.MLP)} == {kernel}
