@@ -101,7 +101,7 @@ def read_hyperparameters() -> SimpleNamespace:
     LOOP_END = _env(int, "LOOP_END", 5)
     ENABLE_LOOPING_AT = _env(float, "ENABLE_LOOPING_AT", 0.35)
     ATTENTION = _env(str, "ATTENTION", "auto")  # auto (the first that loads), flash_attn_3, flash_attn_4 or sdpa
-    MLP_KERNEL = _env(str, "MLP_KERNEL", "auto")  # auto (Triton when it loads and checks out), triton or torch
+    KERNELS = _env(str, "KERNELS", "auto")  # fused_gemm: auto (Triton if it loads and checks out), triton or torch
     PARALLEL_RESIDUAL_START = _env(int, "PARALLEL_RESIDUAL_START", 7)
     # Optimisation.
     MATRIX_LR = _env(float, "MATRIX_LR", 0.022)
@@ -207,7 +207,7 @@ def validate_hyperparameters(h: SimpleNamespace) -> None:
     _require(h.artifact_limit > 0, "ARTIFACT_LIMIT", h.artifact_limit, "> 0 bytes")
     _require(h.attention in ("auto", "flash_attn_3", "flash_attn_4", "sdpa"), "ATTENTION", h.attention,
              "auto, flash_attn_3, flash_attn_4 or sdpa")
-    _require(h.mlp_kernel in ("auto", "triton", "torch"), "MLP_KERNEL", h.mlp_kernel, "auto, triton or torch")
+    _require(h.kernels in ("auto", "triton", "torch"), "KERNELS", h.kernels, "auto, triton or torch")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -529,31 +529,38 @@ def flash_attn_4() -> None:
     fwd_op.register_autograd(backward, setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs, *output))
 
 
-def mlp_kernel(requested: str = "auto") -> str:
-    """MLP_KERNEL=auto: "triton" (act_mm_kernel's products) when Triton loads on a GPU of compute capability 9.0 or
-    newer and matches PyTorch on a small problem, else "torch". A named kernel must load here, or the run stops."""
+def kernels(requested: str = "auto") -> str:
+    """KERNELS=auto: "triton" (fused_gemm's products: the MLP's, and scoring's attention projections) when Triton loads
+    on a GPU of compute capability 9.0 or newer and matches PyTorch on a small problem, else "torch" (PyTorch's forms).
+    KERNELS=triton must load here, or the run stops."""
     if requested == "torch":
         return "torch"
     try:
         if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
             raise ImportError("needs a CUDA GPU of compute capability 9.0 or newer (TMA descriptors)")
-        mlp_ops()
+        kernel_ops()
         g = torch.Generator("cuda").manual_seed(0)
         x, w1, w2, dy = (torch.randn(*s, device="cuda", generator=g).bfloat16() for s in
                          ((296, 128), (512, 128), (128, 512), (296, 128)))
         h, a = torch.ops.train_gpt.mlp_up(x, w1)
         hr = F.linear(x, w1)
+        attn = Attention(128, 2, 1, 1.5, True, "sdpa", "triton").cuda()
+        cos, sin = rotary_cos_sin(8, 16, 1e4, 8, "cuda")
+        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):  # scoring's attention, whole and last rows
+            ya = [attn(x.view(37, 8, 128), cos, sin, n) for n in (0, 3)]
+            attn.kernel = "torch"
+            yr = [attn(x.view(37, 8, 128), cos, sin, n) for n in (0, 3)]
         pairs = ((h, hr), (a, act(hr)), (torch.ops.train_gpt.mlp_act(x, w1), act(hr)),
-                 (torch.ops.train_gpt.mlp_dh(dy, w2, hr), (dy @ w2) * act_grad(hr)))
+                 (torch.ops.train_gpt.mlp_dh(dy, w2, hr), (dy @ w2) * act_grad(hr)), *zip(ya, yr))
         if any(((o.float() - r.float()).norm() / r.float().norm()).item() > 0.02 for o, r in pairs):
             raise ImportError("its results differ from PyTorch's")
         return "triton"
     except Exception as e:  # a Triton or driver too old for the kernel fails in many ways; auto falls back
         why = f"{type(e).__name__}: {e}"
         if requested != "auto":
-            raise ValueError(f"MLP_KERNEL={requested!r}: cannot be used here ({why})") from None
-        if torch.cuda.is_available():  # a GPU run that expected the kernel: say why it runs 3-4% slower
-            warnings.warn(f"MLP_KERNEL=auto: the PyTorch MLP, the Triton kernel failed ({why})")
+            raise ValueError(f"KERNELS={requested!r}: cannot be used here ({why})") from None
+        if torch.cuda.is_available():  # a GPU run that expected the kernel: say why it runs slower
+            warnings.warn(f"KERNELS=auto: PyTorch's forms, the Triton kernel failed ({why})")
         return "torch"
 
 
@@ -567,22 +574,27 @@ def act_grad(h: Tensor) -> Tensor:
 
 
 @functools.cache
-def act_mm_kernel():
-    """The MLP's products with the activation in their epilogues (Triton, TMA descriptors, persistent). Compiled, the
-    MLP runs cuBLAS products and element-wise passes over the (M, 4*dim) hidden activation at memory speed; in the
-    epilogue these cost a read of h in the backward and nothing in the forward. On 1xH100 at M = 98,304 (one
-    training micro-batch) the backward's dH takes 504 us instead of 709, the forward 499 instead of 582; scoring's
-    act(x W1^T) at M = 524,288 takes 2,093 us instead of 3,062 (logs/bench/h100x1_AM_actmm.txt). The product is
-    rounded to bf16 before the epilogue, as cuBLAS's output is; there the results equaled PyTorch's bit for bit."""
+def fused_gemm():
+    """Products with their element-wise neighbours fused (Triton, TMA descriptors, persistent): the MLP's with the
+    activation in their epilogues; in scoring, q and k with their norm, rotary and gain in the epilogue, and the output
+    projection with XSA in its operand load. Compiled, these run cuBLAS products and element-wise passes at memory
+    speed. On 1xH100 at M = 98,304 (one training micro-batch) the MLP backward's dH takes 504 us instead of 709, the
+    forward 499 instead of 582; scoring's act(x W1^T) at M = 524,288 takes 2,093 us instead of 3,062
+    (logs/bench/h100x1_AM_actmm.txt, results equal to PyTorch's bit for bit), a scoring attention layer 4,956 us
+    instead of 5,488 (h100x1_QK_evalqk.txt). Each product is rounded to bf16 before its epilogue, as cuBLAS's output."""
     global tl  # @triton.jit resolves names in the module's globals
     import triton
     import triton.language as tl
 
     @triton.jit
-    def act_gemm(a_ptr, b_ptr, h_ptr, o_ptr, o2_ptr, M, N, K, MODE: tl.constexpr, B_T: tl.constexpr,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, SMS: tl.constexpr):
+    def fused_gemm_kernel(a_ptr, b_ptr, h_ptr, o_ptr, o2_ptr, cs_ptr, sn_ptr, g_ptr, M, N, K, P, G, MODE: tl.constexpr,
+                 B_T: tl.constexpr, R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                 GROUP_M: tl.constexpr, SMS: tl.constexpr):
         """c = a (M, K) @ b (K, N), b given as (N, K) when B_T. MODE 0: o = act'(h) * c; 1: o = act(c); 2: also
-        o2 = c. Tiles in GROUP_M-row bands (b's columns stay in L2); epilogue in two column halves."""
+        o2 = c; 3: o = rope(rms_norm(c)) * g per 64-column head, row m at position m % P of the (P, 64) cos/sin
+        tables; 4: o = xsa(a, h) @ b, a's 64-column head j against h's head j // G (a: (M, K), h: (M, K / G)).
+        Tiles in GROUP_M-row bands (b's columns stay in L2); epilogue in two column halves."""
+        dt = o_ptr.dtype.element_ty  # bf16 in the model: products and their epilogues round as PyTorch's
         a_d = tl.make_tensor_descriptor(a_ptr, [M, K], [K, 1], [BM, BK])
         if B_T:
             b_d = tl.make_tensor_descriptor(b_ptr, [N, K], [K, 1], [BN, BK])
@@ -591,6 +603,7 @@ def act_mm_kernel():
         o_d = tl.make_tensor_descriptor(o_ptr, [M, N], [N, 1], [BM, BN // 2])
         h_d = tl.make_tensor_descriptor(h_ptr, [M, N], [N, 1], [BM, BN // 2])
         o2_d = tl.make_tensor_descriptor(o2_ptr, [M, N], [N, 1], [BM, BN // 2])
+        v_d = tl.make_tensor_descriptor(h_ptr, [M, K // G], [K // G, 1], [BM, BK])
         tiles_m, tiles_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
         for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, SMS, flatten=True):
             first = tile // (GROUP_M * tiles_n) * GROUP_M
@@ -599,56 +612,82 @@ def act_mm_kernel():
             acc = tl.zeros((BM, BN), dtype=tl.float32)
             for k in range(tl.cdiv(K, BK)):
                 b = b_d.load([on, k * BK]).T if B_T else b_d.load([k * BK, on])
-                acc = tl.dot(a_d.load([om, k * BK]), b, acc)
+                a = a_d.load([om, k * BK])
+                if MODE == 4:  # y - (y.v / max(v.v, 1e-24)) v, as xsa_project_out
+                    y, v = a.to(tl.float32), v_d.load([om, k // G * BK]).to(tl.float32)
+                    a = (y - (tl.sum(y * v, 1) / tl.maximum(tl.sum(v * v, 1), 1e-24))[:, None] * v).to(dt)
+                acc = tl.dot(a, b, acc)
             c0, c1 = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
             for j in tl.static_range(2):
-                c = (c0 if j == 0 else c1).to(tl.bfloat16)
+                c = (c0 if j == 0 else c1).to(dt)
                 if MODE == 2:
                     o2_d.store([om, on + j * BN // 2], c)
                 c = c.to(tl.float32)
                 if MODE == 0:
                     h = h_d.load([om, on + j * BN // 2]).to(tl.float32)
                     c = c * tl.where(h > 0, 2.0 * h, 0.5 * h)
-                else:
+                elif MODE == 1 or MODE == 2:
                     c = tl.where(c > 0, c, 0.5 * c)
                     c = c * c
-                o_d.store([om, on + j * BN // 2], c.to(tl.bfloat16))
+                elif MODE == 3:  # F.rms_norm's fp32 eps, its bf16 output; then x cos + swap(x) sin (swap: the halves
+                    x = tl.reshape(c, (BM, BN // 128, 64))  # of each R-column chunk; sin is 0 past the rotated dims)
+                    x = (x * tl.rsqrt(tl.sum(x * x, 2) / 64 + 1.1920928955078125e-07)[:, :, None]).to(dt)
+                    x = x.to(tl.float32)
+                    xa, xb = tl.split(tl.permute(tl.reshape(x, (BM, BN // 128, 64 // R, 2, R // 2)), (0, 1, 2, 4, 3)))
+                    sw = tl.reshape(tl.permute(tl.join(xb, xa), (0, 1, 2, 4, 3)), (BM, BN // 128, 64))
+                    t = ((om + tl.arange(0, BM)) % P)[:, None] * 64 + tl.arange(0, 64)[None, :]
+                    cs, sn = tl.load(cs_ptr + t).to(tl.float32), tl.load(sn_ptr + t).to(tl.float32)
+                    c = tl.reshape(x * cs[:, None, :] + sw * sn[:, None, :], (BM, BN // 2))
+                    col = on + j * BN // 2 + tl.arange(0, BN // 2)
+                    c = c * tl.load(g_ptr + col, mask=col < N, other=0).to(tl.float32)[None, :]
+                o_d.store([om, on + j * BN // 2], c.to(dt))
 
-    def run(mode: int, a: Tensor, b: Tensor, h: Tensor | None = None, b_t: bool = False):
+    def run(mode: int, a: Tensor, b: Tensor, h: Tensor | None = None, b_t: bool = False, tables=None, groups=1,
+            rope=64):
         M, K = a.shape
         N = b.size(0) if b_t else b.size(1)
         o = a.new_empty(M, N)
         o2 = a.new_empty(M, N) if mode == 2 else o
+        cs, sn, g = tables or (o, o, o)
         sms = torch.cuda.get_device_properties(a.device).multi_processor_count
         triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=a.device))
-        act_gemm[(min(sms, triton.cdiv(M, 128) * triton.cdiv(N, 256)),)](
-            a, b, o if h is None else h, o, o2, M, N, K, MODE=mode, B_T=b_t, BM=128, BN=256, BK=64, GROUP_M=8,
-            SMS=sms, num_warps=8, num_stages=3)
+        fused_gemm_kernel[(min(sms, triton.cdiv(M, 128) * triton.cdiv(N, 256)),)](
+            a, b, o if h is None else h, o, o2, cs, sn, g, M, N, K, cs.size(0), groups, MODE=mode, B_T=b_t, R=rope,
+            BM=128, BN=256, BK=64, GROUP_M=8, SMS=sms, num_warps=8, num_stages=3)
         return (o2, o) if mode == 2 else o
 
     return run
 
 
 @functools.cache
-def mlp_ops() -> None:
-    """Registers act_mm_kernel's three uses as custom ops, so that compiled graphs hold them whole (x (M, D), w1 (F, D),
-    w2 (D, F), dy (M, D), h (M, F); all bf16): train_gpt::mlp_up(x, w1) -> (h = x w1^T, act(h)); mlp_act(x, w1) ->
-    act(x w1^T); mlp_dh(dy, w2, h) -> act'(h) * (dy w2)."""
+def kernel_ops() -> None:
+    """Registers fused_gemm's uses as custom ops, so that compiled graphs hold them whole (x (M, D), w1 (F, D),
+    w2 (D, F), dy (M, D), h (M, F); all bf16): train_gpt::mlp_up(x, w1) -> (h = x w1^T, act(h)); mlp_act(x, w1) -> act(x w1^T);
+    mlp_dh(dy, w2, h) -> act'(h) * (dy w2); qk_rope(x, w, cos, sin, g, rope) -> per 64-column head
+    rope(rms_norm(x w^T)) * g ((P, 64) tables, row m at position m % P); xsa_proj(y (M, H*64), v (M, Hkv*64), w) ->
+    xsa(y, v) w^T."""
     for name, schema, fn, fake in (
             ("mlp_up", "(Tensor x, Tensor w1) -> (Tensor, Tensor)",
-             lambda x, w1: act_mm_kernel()(2, x.contiguous(), w1, b_t=True),
+             lambda x, w1: fused_gemm()(2, x.contiguous(), w1, b_t=True),
              lambda x, w1: (x.new_empty(x.size(0), w1.size(0)), x.new_empty(x.size(0), w1.size(0)))),
             ("mlp_act", "(Tensor x, Tensor w1) -> Tensor",
-             lambda x, w1: act_mm_kernel()(1, x.contiguous(), w1, b_t=True),
+             lambda x, w1: fused_gemm()(1, x.contiguous(), w1, b_t=True),
              lambda x, w1: x.new_empty(x.size(0), w1.size(0))),
             ("mlp_dh", "(Tensor dy, Tensor w2, Tensor h) -> Tensor",
-             lambda dy, w2, h: act_mm_kernel()(0, dy.contiguous(), w2, h.contiguous()),
-             lambda dy, w2, h: torch.empty_like(h))):
+             lambda dy, w2, h: fused_gemm()(0, dy.contiguous(), w2, h.contiguous()),
+             lambda dy, w2, h: torch.empty_like(h)),
+            ("qk_rope", "(Tensor x, Tensor w, Tensor cos, Tensor sin, Tensor g, int rope) -> Tensor",
+             lambda x, w, cs, sn, g, r: fused_gemm()(3, x.contiguous(), w, b_t=True, tables=(cs, sn, g), rope=r),
+             lambda x, w, *_: x.new_empty(x.size(0), w.size(0))),
+            ("xsa_proj", "(Tensor y, Tensor v, Tensor w) -> Tensor",
+             lambda y, v, w: fused_gemm()(4, y.contiguous(), w, v.contiguous(), b_t=True,
+                                          groups=y.size(1) // v.size(1)),
+             lambda y, v, w: y.new_empty(y.size(0), w.size(0)))):
         torch.library.custom_op(f"train_gpt::{name}", fn, mutates_args=(), schema=schema).register_fake(fake)
 
 
 class FusedMLP(torch.autograd.Function):
-    """(M, D) x, bf16 w1 (F, D), w2 (D, F) -> act(x w1^T) w2^T through mlp_ops: h and act(h) come out of one product,
+    """(M, D) x, bf16 w1 (F, D), w2 (D, F) -> act(x w1^T) w2^T through kernel_ops: h and act(h) come out of one product,
     and the backward's dH = act'(h) * (dy w2) out of another; the other products stay cuBLAS's."""
 
     @staticmethod
@@ -766,7 +805,7 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
 
         out = flash_attn_func(q, k, v, causal=True)
         return out[0] if isinstance(out, tuple) else out
-    if backend == "flash_attn_4":
+    if backend == "flash_attn_4" and (torch.is_grad_enabled() or q.size(1) < k.size(1)):  # else cuDNN's faster forward
         return torch.ops.train_gpt.fa4(q.contiguous(), k.contiguous(), v.contiguous())[0]
     if q.size(1) < k.size(1):  # SDPA's is_causal aligns the queries to the start
         return last_rows_attention(q, k, v)
@@ -776,29 +815,42 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, qk_gain_init: float, xsa: bool, backend: str):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, qk_gain_init: float, xsa: bool, backend: str,
+                 kernel: str = "torch"):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, dim // num_heads
         kv_dim = num_kv_heads * self.head_dim
         self.c_q, self.c_k, self.c_v = CastedLinear(dim, dim), CastedLinear(dim, kv_dim), CastedLinear(dim, kv_dim)
         self.proj = CastedLinear(dim, dim, zero_init=True)
         self.q_gain = nn.Parameter(torch.full((num_heads,), qk_gain_init, dtype=torch.float32))
-        self.xsa, self.backend = xsa, backend
+        self.xsa, self.backend, self.kernel = xsa, backend, kernel
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, last: int = 0) -> Tensor:
         """(B, T, dim) -> (B, T, dim), or (B, last, dim) for the last `last` positions (keys and values from all T)."""
-        B, T, _ = x.shape
-        n = last or T
-        q = self.c_q(x[:, T - n :]).view(B, n, self.num_heads, self.head_dim)
-        k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim)
-        v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim)
-        q = apply_partial_rotary(F.rms_norm(q, (self.head_dim,)), cos[T - n :], sin[T - n :])
-        k = apply_partial_rotary(F.rms_norm(k, (self.head_dim,)), cos, sin)
-        q = q * self.q_gain.to(q.dtype)[:, None]
-        y = causal_attention(q, k, v, self.backend)
-        if self.xsa:
-            y = xsa_project_out(y, v[:, T - n :])
-        return self.proj(y.reshape(B, n, -1))
+        B, T, dim = x.shape
+        n, D, R = last or T, self.head_dim, 2 * cos.size(-1) or 64
+        v = self.c_v(x).view(B, T, self.num_kv_heads, D)
+        if self.kernel == "torch" or x.dtype != torch.bfloat16 or torch.is_grad_enabled() or D != 64 or R & (R - 1):
+            q = self.c_q(x[:, T - n :]).view(B, n, self.num_heads, D)
+            k = self.c_k(x).view(B, T, self.num_kv_heads, D)
+            q = apply_partial_rotary(F.rms_norm(q, (D,)), cos[T - n :], sin[T - n :])
+            k = apply_partial_rotary(F.rms_norm(k, (D,)), cos, sin)
+            q = q * self.q_gain.to(q.dtype)[:, None]
+            y = causal_attention(q, k, v, self.backend)
+            return self.proj((xsa_project_out(y, v[:, T - n :]) if self.xsa else y).reshape(B, n, -1))
+        # Scoring through fused_gemm: q and k normed, rotated and scaled in their products' epilogues, as
+        # x cos + swap(x) sin with (T, 64) tables; XSA in the output projection's operand load
+        c, s, pad = cos.to(x.dtype), sin.to(x.dtype), D - 2 * cos.size(-1)
+        cs, sn = torch.cat((c, c, c.new_ones(T, pad)), -1), torch.cat((s, -s, s.new_zeros(T, pad)), -1)
+        q = torch.ops.train_gpt.qk_rope(x[:, T - n :].reshape(-1, dim), self.c_q.weight.to(x.dtype), cs[T - n :],
+                                        sn[T - n :], self.q_gain.to(x.dtype).repeat_interleave(D), R)
+        k = torch.ops.train_gpt.qk_rope(x.reshape(-1, dim), self.c_k.weight.to(x.dtype), cs, sn,
+                                        x.new_ones(self.num_kv_heads * D), R)
+        y = causal_attention(q.view(B, n, -1, D), k.view(B, T, -1, D), v, self.backend).reshape(B * n, dim)
+        if not self.xsa:
+            return self.proj(y).view(B, n, dim)
+        y = torch.ops.train_gpt.xsa_proj(y, v[:, T - n :].reshape(B * n, -1), self.proj.weight.to(x.dtype))
+        return y.view(B, n, dim)
 
 
 class MLP(nn.Module):
@@ -818,12 +870,12 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Sequential (attention, then MLP on the updated stream) or parallel (both read the same input)."""
 
-    def __init__(self, h, layer_idx: int, backend: str, mlp_kernel: str):
+    def __init__(self, h, layer_idx: int, backend: str, kernel: str):
         super().__init__()
         dim = h.model_dim
         self.attn = Attention(dim, h.num_heads, h.num_kv_heads, h.qk_gain_init,
-                              xsa=layer_idx >= h.num_layers - h.xsa_last_n, backend=backend)
-        self.mlp = MLP(dim, h.mlp_mult, mlp_kernel)
+                              xsa=layer_idx >= h.num_layers - h.xsa_last_n, backend=backend, kernel=kernel)
+        self.mlp = MLP(dim, h.mlp_mult, kernel)
         self.attn_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))
@@ -858,12 +910,12 @@ def encoder_decoder(order: list[int]) -> tuple[list[int], list[int]]:
 
 
 class GPT(nn.Module):
-    def __init__(self, h, backend: str = "sdpa", mlp_kernel: str = "torch"):
+    def __init__(self, h, backend: str = "sdpa", kernel: str = "torch"):
         super().__init__()
         self.dim, self.vocab_size, self.softcap = h.model_dim, h.vocab_size, h.logit_softcap
         self.rope_dims, self.rope_base, self.train_seq_len = h.rope_dims, h.rope_base, h.train_seq_len
         self.tok_emb = nn.Embedding(h.vocab_size, h.model_dim)
-        self.blocks = nn.ModuleList(Block(h, i, backend, mlp_kernel) for i in range(h.num_layers))
+        self.blocks = nn.ModuleList(Block(h, i, backend, kernel) for i in range(h.num_layers))
         self.orders = layer_orders(h.num_layers, h.num_loops, h.loop_start, h.loop_end)
         num_skips = max(min(len(e), len(d)) for e, d in map(encoder_decoder, self.orders))
         self.skip_weights = nn.Parameter(torch.ones(num_skips, h.model_dim))
@@ -1375,8 +1427,8 @@ def collect_hessians(h, model: GPT, d: Dist) -> dict[str, Tensor]:
     hooks = [mod.register_forward_pre_hook(lambda m, inp, name=name: add(name, inp[0]))
              for name, mod in model.named_modules()
              if isinstance(mod, CastedLinear) and not name.endswith(("c_k", "c_v"))]
-    mlps = [(m, m.kernel) for m in model.modules() if isinstance(m, MLP)]
-    for m, _ in mlps:  # the PyTorch form calls fc and proj, whose hooks read the products' inputs
+    mlps = [(m, m.kernel) for m in model.modules() if isinstance(m, (MLP, Attention))]
+    for m, _ in mlps:  # the PyTorch forms call the linear layers, whose hooks read the products' inputs
         m.kernel = "torch"
     local_seqs = h.train_batch_tokens // (8 * h.train_seq_len)
     loader = TrainLoader(dataset_files(h.data_dir, h.vocab_size, "train"), h.train_seq_len, local_seqs, d.rank,
@@ -1861,9 +1913,9 @@ def main() -> None:
     h = read_hyperparameters()
     d = init_distributed()
     log = Logger(h.run_id, d.is_main)
-    backend, mlp = attention_backend(h.attention), mlp_kernel(h.mlp_kernel)
+    backend, kern = attention_backend(h.attention), kernels(h.kernels)
     log(f"run_id:{h.run_id} world_size:{d.world_size} grad_accum_steps:{d.grad_accum_steps} device:{d.device} "
-        f"torch:{torch.__version__} attention:{backend} mlp_kernel:{mlp}")
+        f"torch:{torch.__version__} attention:{backend} kernels:{kern}")
     for k, v in sorted(vars(h).items()):
         log(f"hparam {k}:{v}")
     val = check_inputs(h, d)
@@ -1876,7 +1928,7 @@ def main() -> None:
     if d.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model = GPT(h, backend, mlp).to(d.device)
+    model = GPT(h, backend, kern).to(d.device)
     log(f"model_params:{count_parameters(model)}")
     compiled, nll_fn = maybe_compile(model, d.device), maybe_compile(model.token_nll, d.device)
     if h.resume_checkpoint:

@@ -408,10 +408,10 @@ def test_packed_script_computes_what_the_source_computes(packed_path, tiny_h):
     assert torch.equal(losses[0], losses[1]) and torch.isfinite(losses[0])
     # Its hyperparameter parser is the same one.
     assert vars(ns["read_hyperparameters"]()).keys() == vars(tg.read_hyperparameters()).keys()
-    # Its source is in linecache: @triton.jit reads the MLP kernel's with inspect.getsource (without it MLP_KERNEL=auto
+    # Its source is in linecache: @triton.jit reads the MLP kernel's with inspect.getsource (without it KERNELS=auto
     # would fall back to PyTorch in a packed record).
-    assert "def act_gemm(" in inspect.getsource(ns["act_mm_kernel"])
-    assert ns["act_mm_kernel"].__wrapped__.__code__.co_filename == "<train_gpt>"
+    assert "def fused_gemm_kernel(" in inspect.getsource(ns["fused_gemm"])
+    assert ns["fused_gemm"].__wrapped__.__code__.co_filename == "<train_gpt>"
 
 
 def test_code_bytes_of_source_and_packed(packed_path):

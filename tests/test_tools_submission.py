@@ -49,14 +49,16 @@ def test_parse_legal_fixture():
         assert run[key] is None
     assert run["_run"]["world_size"] == 1 and run["_run"]["torch"] == "2.11.0+cu130"
     assert run["_run"]["attention"] == "sdpa" and run["_run"]["data_dir"] == "/tmp/data"
-    assert run["_run"]["mlp_kernel"] is None  # a log from before MLP_KERNEL existed
+    assert run["_run"]["kernels"] is None  # a log from before the kernel choice existed
 
 
-def test_header_with_the_mlp_kernel(tmp_path):
-    log = tmp_path / "mlp.txt"
-    log.write_text(LEGAL.read_text().replace("attention:sdpa", "attention:flash_attn_4 mlp_kernel:triton", 1))
+@pytest.mark.parametrize("key", ["kernels", "mlp_kernel"])
+def test_header_with_the_kernel_choice(tmp_path, key):
+    """KERNELS is logged as kernels:, and was logged as mlp_kernel: when the knob was MLP_KERNEL."""
+    log = tmp_path / "k.txt"
+    log.write_text(LEGAL.read_text().replace("attention:sdpa", f"attention:flash_attn_4 {key}:triton", 1))
     run = sub.parse_log(log)
-    assert (run["_run"]["attention"], run["_run"]["mlp_kernel"]) == ("flash_attn_4", "triton")
+    assert (run["_run"]["attention"], run["_run"]["kernels"]) == ("flash_attn_4", "triton")
 
 
 def test_parse_pipeline_fixture():
@@ -169,7 +171,7 @@ def test_disagreeing_mode_world_size_code_raise(tmp_path):
     with pytest.raises(sub.LogError, match="evaluation mode"):
         sub.build_submission([legal, pipe])
     for old, new, what in (("world_size:1 ", "world_size:8 ", "world size"),
-                           ("attention:sdpa", "attention:sdpa mlp_kernel:triton", "mlp kernel"),
+                           ("attention:sdpa", "attention:sdpa kernels:triton", "kernels"),
                            ("counted:25206", "counted:25207", "counted code bytes")):
         log = variant(tmp_path, LEGAL, "other.txt", 7, 1.93)
         text = log.read_text().replace(old, new)

@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     h = tg.read_hyperparameters()
     d = tg.init_distributed()
     log = tg.Logger(f"bench_{h.run_id}", d.is_main)
-    backend, mlp = tg.attention_backend(h.attention), tg.mlp_kernel(h.mlp_kernel)
+    backend, kern = tg.attention_backend(h.attention), tg.kernels(h.kernels)
     tmp = None
     if args.data_dir is not None:
         h.data_dir = str(args.data_dir)
@@ -144,13 +144,13 @@ def main(argv=None) -> int:
     val = tg.ValData(tokens=val_tokens.to(torch.int32).to(d.device), luts=None,
                      sidecar=torch.ones_like(val_tokens, dtype=torch.int32).to(d.device))
     torch.manual_seed(h.seed)
-    model = tg.GPT(h, backend, mlp).to(d.device)
+    model = tg.GPT(h, backend, kern).to(d.device)
     compiled, nll_fn = tg.maybe_compile(model, d.device), tg.maybe_compile(model.token_nll, d.device)
     optimizers = tg.build_optimizers(h, model, d)
     local_seqs = h.train_batch_tokens // (d.world_size * d.grad_accum_steps * h.train_seq_len)
     loader = tg.TrainLoader(files, h.train_seq_len, local_seqs, d.rank, d.world_size, h.seed, h.vocab_size, d.device)
     log(f"bench world_size:{d.world_size} device:{d.device} torch:{torch.__version__} attention:{backend} "
-        f"mlp_kernel:{mlp} batch_tokens:{h.train_batch_tokens} steps:{args.steps} warmup:{args.warmup}")
+        f"kernels:{kern} batch_tokens:{h.train_batch_tokens} steps:{args.steps} warmup:{args.warmup}")
     clock, ema, t_start = tg.AgreedClock(d.device), tg.EMA(model), time.perf_counter()
     for looping in (False, True):
         model.looping = looping

@@ -53,7 +53,7 @@ NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf)"
 PATTERNS = {  # one regex per line kind; each must match a whole line
     "header": r"run_id:(?P<run_id>.*) world_size:(?P<world_size>\d+) grad_accum_steps:(?P<grad_accum>\d+) "
               r"device:(?P<device>\S+) torch:(?P<torch>\S+) attention:(?P<attention>\S+)"
-              r"(?: mlp_kernel:(?P<mlp_kernel>\S+))?",
+              r"(?: (?:kernels|mlp_kernel):(?P<kernels>\S+))?",  # mlp_kernel: the knob's name before 2026-11-26
     "hparam": r"hparam (?P<key>\w+):(?P<value>.*)",
     "val_tokens": r"val_tokens:(?P<n>\d+) byte_sidecar:(?P<sidecar>True|False)",
     "code_bytes": r"code_bytes source:(?P<source>\d+) counted:(?P<counted>\d+)",
@@ -208,7 +208,7 @@ def parse_log(path) -> dict:
             "device_type": header["device"].split(":")[0],
             "torch": header["torch"],
             "attention": header["attention"],
-            "mlp_kernel": header["mlp_kernel"],
+            "kernels": header["kernels"],
             "val_tokens": int(one["val_tokens"]["n"]) if one["val_tokens"] else None,
             "byte_sidecar": one["val_tokens"]["sidecar"] == "True" if one["val_tokens"] else None,
             "model_params": int(one["model_params"]["n"]) if one["model_params"] else None,
@@ -298,7 +298,7 @@ def build_submission(runs: list[dict], *, name: str | None = None, author: str |
                  lambda r: (r["source"], r["model"], r["eval_mode_tag"], r["prequant_ttt"]))
     _check_equal(runs, "leaderboard validity", lambda r: r["leaderboard_valid"])
     shared = {key: _check_equal(runs, key.replace("_", " "), lambda r, k=key: r["_run"][k])
-              for key in ("world_size", "device_type", "torch", "attention", "mlp_kernel", "val_tokens")}
+              for key in ("world_size", "device_type", "torch", "attention", "kernels", "val_tokens")}
     counted = _check_equal(runs, "counted code bytes", lambda r: r["code_bytes_counted"])
     first = runs[0]["_run"]
 
@@ -354,7 +354,7 @@ def build_submission(runs: list[dict], *, name: str | None = None, author: str |
         "world_size": shared["world_size"],
         "torch": shared["torch"],
         "attention": shared["attention"],
-        "mlp_kernel": shared["mlp_kernel"],
+        "kernels": shared["kernels"],
         "dataset": dataset or first["data_dir"],
         "val_tokens": shared["val_tokens"],
         "byte_sidecar": first["byte_sidecar"],

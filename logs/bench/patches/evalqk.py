@@ -1,0 +1,82 @@
+"""Scoring through the attention's Triton products (qk_rope, xsa_proj) against dade453's train_gpt.py, whose MLP
+already scores through act_mm_kernel: two files in one process, MLP_KERNEL=triton in both, same perturbed weights,
+recurrence on, ATTENTION from the environment. Sliding evaluation over 4,096 windows at 256, 512 and 32 windows
+per call, alternately, three repetitions, mean NLL compared; then one attention layer alone, compiled, no gradients,
+at 256 windows of 2,048 (all rows, and the final block's last 64), each kernel choice of the new file.
+
+    python3 evalqk.py NEW=train_gpt.py BASE=.exp/base_dade453.py    # the first file registers the custom ops
+"""
+import importlib.util, sys, time
+import torch
+dev = torch.device("cuda")
+mods = {}
+for i, arg in enumerate(sys.argv[1:]):
+    name, path = arg.split("=", 1)
+    spec = importlib.util.spec_from_file_location(f"tg_{name}", path)
+    mods[name] = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mods[name])
+    if i:
+        mods[name].flash_attn_4 = mods[name].mlp_ops = lambda: None  # the ops of the first file serve every file
+names = list(mods)
+ref = mods[names[0]]
+h = ref.read_hyperparameters()
+d = ref.Dist(rank=0, world_size=1, local_rank=0, device=dev, is_main=True, grad_accum_steps=8)
+backends = {n: m.attention_backend(h.attention) for n, m in mods.items()}
+kernels = {n: m.mlp_kernel("triton") for n, m in mods.items()}
+print(f"evalqk device:{torch.cuda.get_device_name()} backends:{backends} kernels:{kernels}", flush=True)
+torch.manual_seed(0)
+models = {n: m.GPT(h, backends[n], kernels[n]).to(dev) for n, m in mods.items()}
+with torch.no_grad():
+    for p in models[names[0]].parameters():
+        p.add_(0.02 * torch.randn_like(p))
+for n in names[1:]:
+    models[n].load_state_dict(models[names[0]].state_dict())
+for mdl in models.values():
+    mdl.looping = True
+nt = 4200 * h.eval_stride + h.eval_seq_len + 1
+tokens = torch.randint(0, h.vocab_size, (nt,), device=dev, dtype=torch.int32,
+                       generator=torch.Generator(device=dev).manual_seed(1))
+val = ref.ValData(tokens=tokens, luts=None, sidecar=torch.ones_like(tokens))
+plan = ref.window_plan(nt - 1, h.eval_seq_len, h.eval_stride)[1:4097]
+for rows in (256, 512, 32):
+    h.val_batch_tokens = rows * h.eval_seq_len
+    nll = {n: mods[n].maybe_compile(models[n].token_nll, dev) for n in names}
+    res = {}
+    for n in names:
+        mods[n].score_windows(h, nll[n], val, plan[:rows], h.eval_stride, d)
+    torch.cuda.synchronize()
+    for rep in range(3):
+        for n in names:
+            t0 = time.perf_counter()
+            st = mods[n].score_windows(h, nll[n], val, plan, h.eval_stride, d)
+            torch.cuda.synchronize()
+            res.setdefault(n, []).append(1000 * (time.perf_counter() - t0))
+            res[("nll", n)] = (st[0] / st[1]).item()
+    for n in names:
+        e = res[n]
+        print(f"evalqk rows:{rows} variant:{n} eval_ms:{' '.join(f'{v:.0f}' for v in e)} median:{sorted(e)[1]:.0f} "
+              f"mean_nll:{res[('nll', n)]:.8f} peak_mib:{torch.cuda.max_memory_allocated() // 2**20}", flush=True)
+    torch._dynamo.reset()
+    torch.cuda.reset_peak_memory_stats()
+attn = ref.Attention(512, 8, 4, 1.5, True, backends[names[0]], "triton").to(dev)
+cos, sin = (t.to(dev) for t in ref.rotary_cos_sin(2048, 16, 1e4, 2048, "cpu"))
+x = torch.randn(256, 2048, 512, device=dev).bfloat16()
+for last in (0, 64):
+    out = {}
+    for kernel in ("torch", "triton"):
+        attn.kernel = kernel
+        fn = torch.compile(attn, fullgraph=True)
+        with torch.no_grad():
+            for _ in range(3):
+                out[kernel] = fn(x, cos, sin, last)
+            torch.cuda.synchronize()
+            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+            ev[0].record()
+            for _ in range(20):
+                fn(x, cos, sin, last)
+            ev[1].record()
+            torch.cuda.synchronize()
+        print(f"evalqk layer last:{last} kernel:{kernel} us:{1000 * ev[0].elapsed_time(ev[1]) / 20:.1f}", flush=True)
+        torch._dynamo.reset()
+    r = ((out["triton"].float() - out["torch"].float()).norm() / out["torch"].float().norm()).item()
+    print(f"evalqk layer last:{last} rel_diff:{r:.2e}", flush=True)
