@@ -642,15 +642,51 @@ def fused_gemm():
                     c = c * tl.load(g_ptr + col, mask=col < N, other=0).to(tl.float32)[None, :]
                 o_d.store([om, on + j * BN // 2], c.to(dt))
 
+    @triton.jit
+    def xsa_res_kernel(y_ptr, v_ptr, w_ptr, x_ptr, s_ptr, o_ptr, n_ptr, M, K, G, LN, BM: tl.constexpr,
+                       BN: tl.constexpr, BK: tl.constexpr, SMS: tl.constexpr):
+        """A sequential block's attention output in scoring, for rows of N = 2 BN: o = x + s * (xsa(y, v) w^T) and
+        n = rms_norm(o) * LN (the MLP's input). Each tile holds whole rows, in two accumulators."""
+        dt = o_ptr.dtype.element_ty
+        y_d = tl.make_tensor_descriptor(y_ptr, [M, K], [K, 1], [BM, BK])
+        v_d = tl.make_tensor_descriptor(v_ptr, [M, K // G], [K // G, 1], [BM, BK])
+        w_d = tl.make_tensor_descriptor(w_ptr, [2 * BN, K], [K, 1], [BN, BK])
+        x_d = tl.make_tensor_descriptor(x_ptr, [M, 2 * BN], [2 * BN, 1], [BM, BN])
+        o_d = tl.make_tensor_descriptor(o_ptr, [M, 2 * BN], [2 * BN, 1], [BM, BN])
+        n_d = tl.make_tensor_descriptor(n_ptr, [M, 2 * BN], [2 * BN, 1], [BM, BN])
+        for tile in tl.range(tl.program_id(0), tl.cdiv(M, BM), SMS, flatten=True):
+            om = tile * BM
+            acc0, acc1 = tl.zeros((BM, BN), dtype=tl.float32), tl.zeros((BM, BN), dtype=tl.float32)
+            for k in range(tl.cdiv(K, BK)):
+                y, v = y_d.load([om, k * BK]).to(tl.float32), v_d.load([om, k // G * BK]).to(tl.float32)
+                a = (y - (tl.sum(y * v, 1) / tl.maximum(tl.sum(v * v, 1), 1e-24))[:, None] * v).to(dt)
+                acc0 = tl.dot(a, w_d.load([0, k * BK]).T, acc0)
+                acc1 = tl.dot(a, w_d.load([BN, k * BK]).T, acc1)
+            s0 = tl.load(s_ptr + tl.arange(0, BN)).to(tl.float32)
+            s1 = tl.load(s_ptr + BN + tl.arange(0, BN)).to(tl.float32)
+            r0 = x_d.load([om, 0]).to(tl.float32) + s0[None, :] * acc0.to(dt).to(tl.float32)
+            r1 = x_d.load([om, BN]).to(tl.float32) + s1[None, :] * acc1.to(dt).to(tl.float32)
+            rs = tl.rsqrt((tl.sum(r0 * r0, 1) + tl.sum(r1 * r1, 1)) / (2 * BN) + 1.1920928955078125e-07)[:, None]
+            o_d.store([om, 0], r0.to(dt))
+            o_d.store([om, BN], r1.to(dt))
+            n_d.store([om, 0], ((r0 * rs).to(dt).to(tl.float32) * LN).to(dt))
+            n_d.store([om, BN], ((r1 * rs).to(dt).to(tl.float32) * LN).to(dt))
+
     def run(mode: int, a: Tensor, b: Tensor, h: Tensor | None = None, b_t: bool = False, tables=None, groups=1,
-            rope=64):
+            rope=64, res=None):
         M, K = a.shape
         N = b.size(0) if b_t else b.size(1)
+        sms = torch.cuda.get_device_properties(a.device).multi_processor_count
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=a.device))
+        if mode == 5:  # xsa_res_kernel: a = y, h = v, b = w (N, K), res = (x, s, ln)
+            x, s, ln = res
+            o, n = torch.empty_like(x), torch.empty_like(x)
+            xsa_res_kernel[(min(sms, triton.cdiv(M, 64)),)](a, h, b, x, s, o, n, M, K, groups, ln, BM=64, BN=N // 2,
+                                                            BK=64, SMS=sms, num_warps=8, num_stages=2)
+            return o, n
         o = a.new_empty(M, N)
         o2 = a.new_empty(M, N) if mode == 2 else o
         cs, sn, g = tables or (o, o, o)
-        sms = torch.cuda.get_device_properties(a.device).multi_processor_count
-        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=a.device))
         fused_gemm_kernel[(min(sms, triton.cdiv(M, 128) * triton.cdiv(N, 256)),)](
             a, b, o if h is None else h, o, o2, cs, sn, g, M, N, K, cs.size(0), groups, MODE=mode, B_T=b_t, R=rope,
             BM=128, BN=256, BK=64, GROUP_M=8, SMS=sms, num_warps=8, num_stages=3)
@@ -662,10 +698,10 @@ def fused_gemm():
 @functools.cache
 def kernel_ops() -> None:
     """Registers fused_gemm's uses as custom ops, so that compiled graphs hold them whole (x (M, D), w1 (F, D),
-    w2 (D, F), dy (M, D), h (M, F); all bf16): train_gpt::mlp_up(x, w1) -> (h = x w1^T, act(h)); mlp_act(x, w1) -> act(x w1^T);
-    mlp_dh(dy, w2, h) -> act'(h) * (dy w2); qk_rope(x, w, cos, sin, g, rope) -> per 64-column head
+    w2 (D, F), dy (M, D), h (M, F); all bf16): train_gpt::mlp_up(x, w1) -> (h = x w1^T, act(h)); mlp_act(x, w1) ->
+    act(x w1^T); mlp_dh(dy, w2, h) -> act'(h) * (dy w2); qk_rope(x, w, cos, sin, g, rope) -> per 64-column head
     rope(rms_norm(x w^T)) * g ((P, 64) tables, row m at position m % P); xsa_proj(y (M, H*64), v (M, Hkv*64), w) ->
-    xsa(y, v) w^T."""
+    xsa(y, v) w^T; xsa_res(y, v, w, x (M, D), s (D,), ln) -> (o = x + s * xsa(y, v) w^T, rms_norm(o) * ln)."""
     for name, schema, fn, fake in (
             ("mlp_up", "(Tensor x, Tensor w1) -> (Tensor, Tensor)",
              lambda x, w1: fused_gemm()(2, x.contiguous(), w1, b_t=True),
@@ -682,7 +718,11 @@ def kernel_ops() -> None:
             ("xsa_proj", "(Tensor y, Tensor v, Tensor w) -> Tensor",
              lambda y, v, w: fused_gemm()(4, y.contiguous(), w, v.contiguous(), b_t=True,
                                           groups=y.size(1) // v.size(1)),
-             lambda y, v, w: y.new_empty(y.size(0), w.size(0)))):
+             lambda y, v, w: y.new_empty(y.size(0), w.size(0))),
+            ("xsa_res", "(Tensor y, Tensor v, Tensor w, Tensor x, Tensor s, float ln) -> (Tensor, Tensor)",
+             lambda y, v, w, x, s, ln: fused_gemm()(5, y.contiguous(), w, v.contiguous(), b_t=True,
+                                                    groups=y.size(1) // v.size(1), res=(x.contiguous(), s, ln)),
+             lambda y, v, w, x, s, ln: (torch.empty_like(x), torch.empty_like(x)))):
         torch.library.custom_op(f"train_gpt::{name}", fn, mutates_args=(), schema=schema).register_fake(fake)
 
 
@@ -825,12 +865,20 @@ class Attention(nn.Module):
         self.q_gain = nn.Parameter(torch.full((num_heads,), qk_gain_init, dtype=torch.float32))
         self.xsa, self.backend, self.kernel = xsa, backend, kernel
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, last: int = 0) -> Tensor:
-        """(B, T, dim) -> (B, T, dim), or (B, last, dim) for the last `last` positions (keys and values from all T)."""
+    def fused(self, x: Tensor, cos: Tensor) -> bool:
+        """Whether forward scores through fused_gemm: no gradient, a bf16 stream, 64-dim heads, and rotary dims
+        (or 64 when none) a power of two."""
+        R = 2 * cos.size(-1) or 64
+        return self.kernel == "triton" and x.dtype == torch.bfloat16 and not torch.is_grad_enabled() \
+            and self.head_dim == 64 and not R & (R - 1)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, last: int = 0, res=None):
+        """(B, T, dim) -> (B, T, dim), or (B, last, dim) for the last `last` positions (keys and values from all T).
+        With res = (stream, scale, ln) when fused with XSA: (stream + scale * output, rms_norm(that) * ln) instead."""
         B, T, dim = x.shape
         n, D, R = last or T, self.head_dim, 2 * cos.size(-1) or 64
         v = self.c_v(x).view(B, T, self.num_kv_heads, D)
-        if self.kernel == "torch" or x.dtype != torch.bfloat16 or torch.is_grad_enabled() or D != 64 or R & (R - 1):
+        if not self.fused(x, cos):
             q = self.c_q(x[:, T - n :]).view(B, n, self.num_heads, D)
             k = self.c_k(x).view(B, T, self.num_kv_heads, D)
             q = apply_partial_rotary(F.rms_norm(q, (D,)), cos[T - n :], sin[T - n :])
@@ -849,8 +897,12 @@ class Attention(nn.Module):
         y = causal_attention(q.view(B, n, -1, D), k.view(B, T, -1, D), v, self.backend).reshape(B * n, dim)
         if not self.xsa:
             return self.proj(y).view(B, n, dim)
-        y = torch.ops.train_gpt.xsa_proj(y, v[:, T - n :].reshape(B * n, -1), self.proj.weight.to(x.dtype))
-        return y.view(B, n, dim)
+        v, w = v[:, T - n :].reshape(B * n, -1), self.proj.weight.to(x.dtype)
+        if res is None:
+            return torch.ops.train_gpt.xsa_proj(y, v, w).view(B, n, dim)
+        stream, scale, ln = res
+        o, h = torch.ops.train_gpt.xsa_res(y, v, w, stream[:, T - n :].reshape(B * n, dim), scale.to(x.dtype), ln)
+        return o.view(B, n, dim), h.view(B, n, dim)
 
 
 class MLP(nn.Module):
@@ -888,6 +940,10 @@ class Block(nn.Module):
         x = mix[0] * x + mix[1] * x0
         d = (x.size(-1),)
         n = F.rms_norm(x, d) * self.ln_scale
+        if not self.parallel and self.attn.xsa and self.attn.fused(n, cos) and d[0] in (128, 256, 512):
+            # scoring: the residual and the MLP's norm in the output projection's epilogue (whole rows in one tile)
+            x, n = self.attn(n, cos, sin, last, (x, self.attn_scale, self.ln_scale))
+            return x + self.mlp_scale.to(x.dtype) * self.mlp(n)
         a = self.attn(n, cos, sin, last)
         x, n = x[:, x.size(1) - a.size(1) :], n[:, x.size(1) - a.size(1) :]
         if self.parallel:

@@ -51,12 +51,18 @@ def ref_xsa_proj(y, v, w):
     return F.linear(ys.to(y.dtype), w)
 
 
+def ref_xsa_res(y, v, w, x, s, ln):
+    """The residual in fp32 on the rounded product, stored rounded; the norm of the unrounded sum, as compiled."""
+    o = x.float() + s.float() * ref_xsa_proj(y, v, w).float()
+    return o.to(x.dtype), (F.rms_norm(o, (o.size(-1),)).to(x.dtype).float() * ln).to(x.dtype)
+
+
 @pytest.fixture(scope="module")
 def cpu_ops():
     """kernel_ops registered, with the stand-ins as their CPU kernels (the CUDA kernel stays the Triton one)."""
     tg.kernel_ops()
     for name, fn in (("mlp_up", ref_up), ("mlp_act", ref_act), ("mlp_dh", ref_dh), ("qk_rope", ref_qk_rope),
-                     ("xsa_proj", ref_xsa_proj)):
+                     ("xsa_proj", ref_xsa_proj), ("xsa_res", ref_xsa_res)):
         torch.library.register_kernel(f"train_gpt::{name}", "cpu", fn)
 
 
@@ -114,6 +120,8 @@ def test_ops_pass_opcheck(cpu_ops):
     x, w, y, v = (torch.randn(*s, generator=g).bfloat16() for s in ((40, 16), (128, 16), (40, 128), (40, 64)))
     torch.library.opcheck(torch.ops.train_gpt.qk_rope, (x, w, cs, sn, torch.ones(128).bfloat16(), 16))
     torch.library.opcheck(torch.ops.train_gpt.xsa_proj, (y, v, w.T.contiguous()))
+    x, sc = torch.randn(40, 128, generator=g).bfloat16(), torch.rand(128, generator=g).bfloat16()
+    torch.library.opcheck(torch.ops.train_gpt.xsa_res, (y, v, (w @ w.T)[:, :128].contiguous(), x, sc, 0.5))
 
 
 @pytest.mark.parametrize("compiled", [False, True])
@@ -188,6 +196,32 @@ def test_attention_scoring_path_equals_the_pytorch_form(cpu_ops, rope, xsa):
         assert len(calls) == 4  # a gradient-enabled forward does not call the op
     finally:
         torch.library.register_kernel("train_gpt::qk_rope", "cpu", ref_qk_rope)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_block_scoring_path_equals_the_pytorch_form(cpu_ops, tiny_h, parallel):
+    """A block without gradients on a bf16 stream: a sequential one takes its residual and the MLP's norm from
+    xsa_res (CPU stand-in here), a parallel one does not; both give the PyTorch form's output, all rows and last rows."""
+    h = tiny_h(model_dim=128)
+    torch.manual_seed(0)
+    block = tg.Block(h, 3 if parallel else 0, "sdpa", "triton")
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    cos, sin = tg.rotary_cos_sin(32, h.rope_dims, h.rope_base, 32, "cpu")
+    x, x0 = torch.randn(2, 32, 128).bfloat16(), torch.randn(2, 32, 128).bfloat16()
+    calls = []
+    torch.library.register_kernel("train_gpt::xsa_res", "cpu", lambda *a: calls.append(1) or ref_xsa_res(*a))
+    try:
+        for last in (0, 8):
+            out = []
+            for kernel in ("triton", "torch"):
+                with torch.no_grad():
+                    out.append(use_kernel(block, kernel)(x, x0, cos, sin, last))
+            assert out[0].shape == (2, last or 32, 128) and relerr(out[0], out[1]) < 1e-2
+        assert len(calls) == (0 if parallel else 2)
+    finally:
+        torch.library.register_kernel("train_gpt::xsa_res", "cpu", ref_xsa_res)
 
 
 def test_tiny_model_scores_through_the_kernels(cpu_ops, tiny_model):
@@ -298,3 +332,19 @@ def test_attention_scoring_on_the_gpu_equals_the_pytorch_form(last):
             outs.append(torch.compile(attn, fullgraph=True)(x, cos, sin, last))
         torch._dynamo.reset()
     assert outs[0].shape == (8, last or 2048, 512) and relerr(outs[0], outs[1]) < 1e-2
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a CUDA GPU of compute capability 9.0 or newer and Triton")
+@pytest.mark.parametrize("M,D", [(524288, 512), (300, 512), (1000, 128)])
+def test_xsa_res_kernel_matches_pytorch(M, D):
+    """xsa_res on the GPU against XSA, the product, the residual and the norm in PyTorch: the scoring batch at the
+    record's width, a row count no tile divides, and the tests' width."""
+    tg.kernel_ops()
+    g = torch.Generator("cuda").manual_seed(M)
+    y, x = (torch.randn(M, D, device="cuda", generator=g).bfloat16() for _ in range(2))
+    v = torch.randn(M, D // 2, device="cuda", generator=g).bfloat16()
+    w = (torch.randn(D, D, device="cuda", generator=g) / D**0.5).bfloat16()
+    sc = torch.rand(D, device="cuda", generator=g).bfloat16()
+    for out, ref in zip(torch.ops.train_gpt.xsa_res(y, v, w, x, sc, 0.4), ref_xsa_res(y, v, w, x, sc, 0.4)):
+        assert out.shape == ref.shape and out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+        assert relerr(out, ref) < 2e-3
