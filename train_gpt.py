@@ -539,20 +539,7 @@ def kernels(requested: str = "auto") -> str:
         if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9:
             raise ImportError("needs a CUDA GPU of compute capability 9.0 or newer (TMA descriptors)")
         kernel_ops()
-        g = torch.Generator("cuda").manual_seed(0)
-        x, w1, w2, dy = (torch.randn(*s, device="cuda", generator=g).bfloat16() for s in
-                         ((296, 128), (512, 128), (128, 512), (296, 128)))
-        h, a = torch.ops.train_gpt.mlp_up(x, w1)
-        hr = F.linear(x, w1)
-        attn = Attention(128, 2, 1, 1.5, True, "sdpa", "triton").cuda()
-        cos, sin = rotary_cos_sin(8, 16, 1e4, 8, "cuda")
-        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):  # scoring's attention, whole and last rows
-            ya = [attn(x.view(37, 8, 128), cos, sin, n) for n in (0, 3)]
-            attn.kernel = "torch"
-            yr = [attn(x.view(37, 8, 128), cos, sin, n) for n in (0, 3)]
-        pairs = ((h, hr), (a, act(hr)), (torch.ops.train_gpt.mlp_act(x, w1), act(hr)),
-                 (torch.ops.train_gpt.mlp_dh(dy, w2, hr), (dy @ w2) * act_grad(hr)), *zip(ya, yr))
-        if any(((o.float() - r.float()).norm() / r.float().norm()).item() > 0.02 for o, r in pairs):
+        if check_kernels("cuda") > 0.02:
             raise ImportError("its results differ from PyTorch's")
         return "triton"
     except Exception as e:  # a Triton or driver too old for the kernel fails in many ways; auto falls back
@@ -562,6 +549,27 @@ def kernels(requested: str = "auto") -> str:
         if torch.cuda.is_available():  # a GPU run that expected the kernel: say why it runs slower
             warnings.warn(f"KERNELS=auto: PyTorch's forms, the Triton kernel failed ({why})")
         return "torch"
+
+
+def check_kernels(device) -> float:
+    """The largest relative difference between kernel_ops' ops and PyTorch's forms on a small bf16 problem: the MLP's
+    products, scoring's attention (all rows and the last 3 of 8), and a sequential block's fused residual."""
+    g = torch.Generator(device).manual_seed(0)
+    x, w1, w2, dy = (torch.randn(*s, device=device, generator=g).bfloat16() for s in
+                     ((296, 128), (512, 128), (128, 512), (296, 128)))
+    h, a = torch.ops.train_gpt.mlp_up(x, w1)
+    hr = F.linear(x, w1)
+    attn = Attention(128, 2, 1, 1.5, True, "sdpa", "triton").to(device)
+    cos, sin = rotary_cos_sin(8, 16, 1e4, 8, device)
+    xs, scale = x.view(37, 8, 128), torch.rand(128, device=device, generator=g)
+    with torch.no_grad(), torch.autocast(torch.device(device).type, torch.bfloat16):
+        ya = [attn(xs, cos, sin, n) for n in (0, 3)] + list(attn(xs, cos, sin, 3, (xs, scale, 0.5)))
+        attn.kernel = "torch"
+        o = xs[:, -3:] + scale.bfloat16() * attn(xs, cos, sin, 3)
+        yr = [attn(xs, cos, sin, n) for n in (0, 3)] + [o, F.rms_norm(o, (128,)) * 0.5]
+    pairs = ((h, hr), (a, act(hr)), (torch.ops.train_gpt.mlp_act(x, w1), act(hr)),
+             (torch.ops.train_gpt.mlp_dh(dy, w2, hr), (dy @ w2) * act_grad(hr)), *zip(ya, yr))
+    return max(((o.float() - r.float()).norm() / r.float().norm()).item() for o, r in pairs)
 
 
 def act(h: Tensor) -> Tensor:
@@ -576,10 +584,11 @@ def act_grad(h: Tensor) -> Tensor:
 @functools.cache
 def fused_gemm():
     """Products with their element-wise neighbours fused (Triton, TMA descriptors, persistent): the MLP's with the
-    activation in their epilogues; in scoring, q and k with their norm, rotary and gain in the epilogue, and the output
-    projection with XSA in its operand load. Compiled, these run cuBLAS products and element-wise passes at memory
-    speed. On 1xH100 at M = 98,304 (one training micro-batch) the MLP backward's dH takes 504 us instead of 709, the
-    forward 499 instead of 582; scoring's act(x W1^T) at M = 524,288 takes 2,093 us instead of 3,062
+    activation in their epilogues; in scoring, q and k with their norm, rotary and gain in the epilogue, the output
+    projection with XSA in its operand load, and in sequential blocks also the residual and the MLP's norm in its
+    epilogue (xsa_res_kernel). Compiled, these run cuBLAS products and element-wise passes at memory speed. On 1xH100
+    at M = 98,304 (one training micro-batch) the MLP backward's dH takes 504 us instead of 709, the forward 499
+    instead of 582; scoring's act(x W1^T) at M = 524,288 takes 2,093 us instead of 3,062
     (logs/bench/h100x1_AM_actmm.txt, results equal to PyTorch's bit for bit), a scoring attention layer 4,956 us
     instead of 5,488 (h100x1_QK_evalqk.txt). Each product is rounded to bf16 before its epilogue, as cuBLAS's output."""
     global tl  # @triton.jit resolves names in the module's globals
@@ -587,9 +596,9 @@ def fused_gemm():
     import triton.language as tl
 
     @triton.jit
-    def fused_gemm_kernel(a_ptr, b_ptr, h_ptr, o_ptr, o2_ptr, cs_ptr, sn_ptr, g_ptr, M, N, K, P, G, MODE: tl.constexpr,
-                 B_T: tl.constexpr, R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                 GROUP_M: tl.constexpr, SMS: tl.constexpr):
+    def fused_gemm_kernel(a_ptr, b_ptr, h_ptr, o_ptr, o2_ptr, cs_ptr, sn_ptr, g_ptr, M, N, K, P, G,
+                          MODE: tl.constexpr, B_T: tl.constexpr, R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                          BK: tl.constexpr, GROUP_M: tl.constexpr, SMS: tl.constexpr):
         """c = a (M, K) @ b (K, N), b given as (N, K) when B_T. MODE 0: o = act'(h) * c; 1: o = act(c); 2: also
         o2 = c; 3: o = rope(rms_norm(c)) * g per 64-column head, row m at position m % P of the (P, 64) cos/sin
         tables; 4: o = xsa(a, h) @ b, a's 64-column head j against h's head j // G (a: (M, K), h: (M, K / G)).
@@ -941,7 +950,8 @@ class Block(nn.Module):
         d = (x.size(-1),)
         n = F.rms_norm(x, d) * self.ln_scale
         if not self.parallel and self.attn.xsa and self.attn.fused(n, cos) and d[0] in (128, 256, 512):
-            # scoring: the residual and the MLP's norm in the output projection's epilogue (whole rows in one tile)
+            # scoring: the residual and the MLP's norm in the output projection's epilogue (whole rows in one tile of
+            # two power-of-two halves)
             x, n = self.attn(n, cos, sin, last, (x, self.attn_scale, self.ln_scale))
             return x + self.mlp_scale.to(x.dtype) * self.mlp(n)
         a = self.attn(n, cos, sin, last)
@@ -1483,8 +1493,8 @@ def collect_hessians(h, model: GPT, d: Dist) -> dict[str, Tensor]:
     hooks = [mod.register_forward_pre_hook(lambda m, inp, name=name: add(name, inp[0]))
              for name, mod in model.named_modules()
              if isinstance(mod, CastedLinear) and not name.endswith(("c_k", "c_v"))]
-    mlps = [(m, m.kernel) for m in model.modules() if isinstance(m, (MLP, Attention))]
-    for m, _ in mlps:  # the PyTorch forms call the linear layers, whose hooks read the products' inputs
+    fused = [(m, m.kernel) for m in model.modules() if isinstance(m, (MLP, Attention))]
+    for m, _ in fused:  # the PyTorch forms call the linear layers, whose hooks read the products' inputs
         m.kernel = "torch"
     local_seqs = h.train_batch_tokens // (8 * h.train_seq_len)
     loader = TrainLoader(dataset_files(h.data_dir, h.vocab_size, "train"), h.train_seq_len, local_seqs, d.rank,
@@ -1497,7 +1507,7 @@ def collect_hessians(h, model: GPT, d: Dist) -> dict[str, Tensor]:
                 add("tok_emb", model.hidden(x))
     for hook in hooks:
         hook.remove()
-    for m, kernel in mlps:
+    for m, kernel in fused:
         m.kernel = kernel
     names = sorted(hess)
     tokens = float(h.gptq_calibration_batches * local_seqs * h.train_seq_len)

@@ -108,6 +108,17 @@ def test_auto_falls_back_with_a_warning_on_an_older_gpu(monkeypatch):
         tg.kernels("triton")
 
 
+def test_start_up_check_on_the_cpu_stand_ins(cpu_ops):
+    """check_kernels (what KERNELS=auto runs at start on the GPU) on the CPU stand-ins: PyTorch's forms agree with
+    them, so on a GPU only a Triton kernel can fail it; a wrong op is caught."""
+    assert tg.check_kernels("cpu") < 0.02
+    torch.library.register_kernel("train_gpt::xsa_res", "cpu", lambda *a: (ref_xsa_res(*a)[0], 2 * ref_xsa_res(*a)[1]))
+    try:
+        assert tg.check_kernels("cpu") > 0.5
+    finally:
+        torch.library.register_kernel("train_gpt::xsa_res", "cpu", ref_xsa_res)
+
+
 def test_ops_pass_opcheck(cpu_ops):
     """Schemas, fake kernels and the CPU kernels agree (torch.library.opcheck), at a row count no tile divides."""
     g = torch.Generator().manual_seed(0)
