@@ -147,6 +147,7 @@ def read_hyperparameters() -> SimpleNamespace:
     COMPRESSOR = _env(str, "COMPRESSOR", "brotli")
     ARTIFACT_LIMIT = _env(int, "ARTIFACT_LIMIT", 16_000_000)
     h = SimpleNamespace(**{k.lower(): v for k, v in locals().items()})
+    _require("MLP_KERNEL" not in os.environ, "MLP_KERNEL", os.environ.get("MLP_KERNEL"), "unset: now KERNELS")
     validate_hyperparameters(h)
     return h
 

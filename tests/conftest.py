@@ -21,6 +21,7 @@ import train_gpt as tg  # noqa: E402
 # so new ones are picked up automatically) and the torchrun variables.
 HPARAM_ENV = sorted(set(re.findall(r'_env\(\w+, "(\w+)"', inspect.getsource(tg.read_hyperparameters))))
 DIST_ENV = ["WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"]
+RETIRED_ENV = ["MLP_KERNEL"]  # old names that read_hyperparameters refuses
 
 # A tiny configuration of the real model: 4 layers (1-2 looped), width 64, 2 query heads sharing 1 KV head.
 TINY = dict(vocab_size=64, num_layers=4, model_dim=64, num_heads=2, num_kv_heads=1, loop_start=1, loop_end=2,
@@ -31,13 +32,13 @@ TINY = dict(vocab_size=64, num_layers=4, model_dim=64, num_heads=2, num_kv_heads
 
 def child_env(**extra: str) -> dict[str, str]:
     """For a subprocess: the ambient environment without train_gpt's variables (as clean_env), plus `extra`."""
-    return {k: v for k, v in os.environ.items() if k not in HPARAM_ENV + DIST_ENV} | extra
+    return {k: v for k, v in os.environ.items() if k not in HPARAM_ENV + DIST_ENV + RETIRED_ENV} | extra
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
     """Removes every variable train_gpt reads, so the ambient environment cannot leak into a test."""
-    for name in HPARAM_ENV + DIST_ENV:
+    for name in HPARAM_ENV + DIST_ENV + RETIRED_ENV:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 

@@ -22,7 +22,7 @@ import torch
 
 import tinydata
 import train_gpt as tg
-from conftest import DIST_ENV, HPARAM_ENV, child_env
+from conftest import DIST_ENV, HPARAM_ENV, RETIRED_ENV, child_env
 from test_train_e2e import NUM, TINY_RUN
 
 ROOT = Path(tg.__file__).resolve().parent
@@ -610,7 +610,7 @@ E2E_RUN = {**TINY_RUN, "ITERATIONS": "10", "WARMUP_STEPS": "0", "PREQUANT_TTT_CH
 def run_main(cwd: Path, data: Path, run_id: str, **extra) -> str:
     """main() in `cwd` with the tiny env (every other variable train_gpt reads removed); returns the log."""
     with pytest.MonkeyPatch.context() as mp:
-        for name in HPARAM_ENV + DIST_ENV:
+        for name in HPARAM_ENV + DIST_ENV + RETIRED_ENV:
             mp.delenv(name, raising=False)
         for k, v in {**E2E_RUN, "DATA_DIR": str(data), "RUN_ID": run_id, **extra}.items():
             mp.setenv(k, v)

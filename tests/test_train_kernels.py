@@ -86,6 +86,9 @@ def test_kernels_hyperparameter_is_validated(clean_env):
         tg.read_hyperparameters()
     clean_env.setenv("KERNELS", "torch")
     assert tg.read_hyperparameters().kernels == "torch"
+    clean_env.setenv("MLP_KERNEL", "torch")  # the knob's old name is refused, not ignored
+    with pytest.raises(ValueError, match="MLP_KERNEL='torch': expected unset: now KERNELS"):
+        tg.read_hyperparameters()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the choice on a machine without CUDA")
