@@ -1,5 +1,6 @@
 """The Triton products (train_gpt.fused_gemm) and their glue: kernel_ops' custom ops, FusedMLP's autograd, the
-attention's scoring path (qk_rope, xsa_proj), the KERNELS choice, and GPTQ's Hessians through the fused forms.
+attention's and blocks' scoring path (qk_rope, xsa_proj, xsa_res), the KERNELS choice and its start-up check
+(check_kernels), and GPTQ's Hessians through the fused forms.
 
 On the CPU the ops get stand-in CPU kernels with the same math in PyTorch (the Triton kernel needs a Hopper GPU), so
 the glue runs in the real model, eager and compiled. With CUDA (compute capability 9.0 or newer) and Triton, the real
