@@ -814,6 +814,13 @@ def apply_partial_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
 
 
+def rope_tables(cos: Tensor, sin: Tensor, head_dim: int, dtype) -> tuple[Tensor, Tensor]:
+    """(T, rope/2) cos/sin -> qk_rope's (T, head_dim) tables in `dtype` (rounded as apply_partial_rotary rounds them):
+    rotary is then x cos + swap(x) sin, with cos 1 and sin 0 past the rotated dims."""
+    c, s, pad = cos.to(dtype), sin.to(dtype), head_dim - 2 * cos.size(-1)
+    return torch.cat((c, c, c.new_ones(len(c), pad)), -1), torch.cat((s, -s, s.new_zeros(len(s), pad)), -1)
+
+
 def xsa_project_out(y: Tensor, v: Tensor) -> Tensor:
     """Removes from each head's output its component along the normalised own-position value of its KV group.
 
@@ -898,8 +905,7 @@ class Attention(nn.Module):
             return self.proj((xsa_project_out(y, v[:, T - n :]) if self.xsa else y).reshape(B, n, -1))
         # Scoring through fused_gemm: q and k normed, rotated and scaled in their products' epilogues, as
         # x cos + swap(x) sin with (T, 64) tables; XSA in the output projection's operand load
-        c, s, pad = cos.to(x.dtype), sin.to(x.dtype), D - 2 * cos.size(-1)
-        cs, sn = torch.cat((c, c, c.new_ones(T, pad)), -1), torch.cat((s, -s, s.new_zeros(T, pad)), -1)
+        cs, sn = rope_tables(cos, sin, D, x.dtype)
         q = torch.ops.train_gpt.qk_rope(x[:, T - n :].reshape(-1, dim), self.c_q.weight.to(x.dtype), cs[T - n :],
                                         sn[T - n :], self.q_gain.to(x.dtype).repeat_interleave(D), R)
         k = torch.ops.train_gpt.qk_rope(x.reshape(-1, dim), self.c_k.weight.to(x.dtype), cs, sn,

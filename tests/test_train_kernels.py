@@ -8,6 +8,7 @@ kernels are compared with PyTorch.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import warnings
 
@@ -68,10 +69,18 @@ def cpu_ops():
 
 
 def rope_tables(P: int, rope: int, device="cpu"):
-    """Attention's (P, 64) bf16 tables for qk_rope, as its scoring path builds them."""
-    cos, sin = tg.rotary_cos_sin(P, rope, 1e4, P, device)
-    c, s, pad = cos.bfloat16(), sin.bfloat16(), 64 - rope
-    return torch.cat((c, c, c.new_ones(P, pad)), -1), torch.cat((s, -s, s.new_zeros(P, pad)), -1)
+    """(P, 64) bf16 tables for qk_rope, built by train_gpt.rope_tables as the attention's scoring path builds them."""
+    return tg.rope_tables(*tg.rotary_cos_sin(P, rope, 1e4, P, device), 64, torch.bfloat16)
+
+
+@contextlib.contextmanager
+def cpu_kernel(name: str, fn, ref):
+    """Op train_gpt::name runs `fn` on the CPU inside the block, its stand-in `ref` again after."""
+    torch.library.register_kernel(f"train_gpt::{name}", "cpu", fn)
+    try:
+        yield
+    finally:
+        torch.library.register_kernel(f"train_gpt::{name}", "cpu", ref)
 
 
 def use_kernel(model, kernel: str):
@@ -116,11 +125,8 @@ def test_start_up_check_on_the_cpu_stand_ins(cpu_ops):
     """check_kernels (what KERNELS=auto runs at start on the GPU) on the CPU stand-ins: PyTorch's forms agree with
     them, so on a GPU only a Triton kernel can fail it; a wrong op is caught."""
     assert tg.check_kernels("cpu") < 0.02
-    torch.library.register_kernel("train_gpt::xsa_res", "cpu", lambda *a: (ref_xsa_res(*a)[0], 2 * ref_xsa_res(*a)[1]))
-    try:
+    with cpu_kernel("xsa_res", lambda *a: (ref_xsa_res(*a)[0], 2 * ref_xsa_res(*a)[1]), ref_xsa_res):
         assert tg.check_kernels("cpu") > 0.5
-    finally:
-        torch.library.register_kernel("train_gpt::xsa_res", "cpu", ref_xsa_res)
 
 
 def test_ops_pass_opcheck(cpu_ops):
@@ -195,8 +201,7 @@ def test_attention_scoring_path_equals_the_pytorch_form(cpu_ops, rope, xsa):
     cos, sin = tg.rotary_cos_sin(32, rope, 1e4, 32, "cpu") if rope else (torch.zeros(32, 0), torch.zeros(32, 0))
     x = torch.randn(3, 32, 128).bfloat16()
     calls = []
-    torch.library.register_kernel("train_gpt::qk_rope", "cpu", lambda *a: calls.append(1) or ref_qk_rope(*a))
-    try:
+    with cpu_kernel("qk_rope", lambda *a: calls.append(1) or ref_qk_rope(*a), ref_qk_rope):
         for n in (0, 8):
             with torch.no_grad():
                 fused = attn(x, cos, sin, n)
@@ -209,8 +214,6 @@ def test_attention_scoring_path_equals_the_pytorch_form(cpu_ops, rope, xsa):
             assert relerr(fused, ref) < 1e-2  # bf16 rounding: the PyTorch form rounds XSA's steps on the CPU
         attn(x, cos, sin)
         assert len(calls) == 4  # a gradient-enabled forward does not call the op
-    finally:
-        torch.library.register_kernel("train_gpt::qk_rope", "cpu", ref_qk_rope)
 
 
 @pytest.mark.parametrize("parallel", [False, True])
@@ -226,8 +229,7 @@ def test_block_scoring_path_equals_the_pytorch_form(cpu_ops, tiny_h, parallel):
     cos, sin = tg.rotary_cos_sin(32, h.rope_dims, h.rope_base, 32, "cpu")
     x, x0 = torch.randn(2, 32, 128).bfloat16(), torch.randn(2, 32, 128).bfloat16()
     calls = []
-    torch.library.register_kernel("train_gpt::xsa_res", "cpu", lambda *a: calls.append(1) or ref_xsa_res(*a))
-    try:
+    with cpu_kernel("xsa_res", lambda *a: calls.append(1) or ref_xsa_res(*a), ref_xsa_res):
         for last in (0, 8):
             out = []
             for kernel in ("triton", "torch"):
@@ -235,8 +237,6 @@ def test_block_scoring_path_equals_the_pytorch_form(cpu_ops, tiny_h, parallel):
                     out.append(use_kernel(block, kernel)(x, x0, cos, sin, last))
             assert out[0].shape == (2, last or 32, 128) and relerr(out[0], out[1]) < 1e-2
         assert len(calls) == (0 if parallel else 2)
-    finally:
-        torch.library.register_kernel("train_gpt::xsa_res", "cpu", ref_xsa_res)
 
 
 def test_tiny_model_scores_through_the_kernels(cpu_ops, tiny_model):
