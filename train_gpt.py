@@ -1055,6 +1055,27 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@contextlib.contextmanager
+def module_attrs(model: nn.Module, types, **attrs):
+    """Sets attrs on every submodule of the given types for the duration; each gets its own values back after."""
+    saved = [(m, {k: getattr(m, k) for k in attrs}) for m in model.modules() if isinstance(m, types)]
+    for m, _ in saved:
+        m.__dict__.update(attrs)
+    try:
+        yield
+    finally:
+        for m, old in saved:
+            m.__dict__.update(old)
+
+
+def ttt_attention(model: GPT):
+    """Pre-quant TTT's steps run FlashAttention 4 on SDPA: at one 32,768-token chunk the step waits on the host, and
+    FA4's calls take about 9 ms more of it a step than cuDNN's (1xH100: 55-59 ms a step against SDPA's 44;
+    logs/bench/h100x1_FT_tttab2.txt, h100x1_TS_tttab3.txt)."""
+    fa4 = any(m.backend == "flash_attn_4" for m in model.modules() if isinstance(m, Attention))
+    return module_attrs(model, Attention, backend="sdpa") if fa4 else contextlib.nullcontext()
+
+
 # ----------------------------------------------------------------------------------------------------
 # Optimizers: Muon (MuonEq-R, one rank per matrix) for block matrices, AdamW for embedding and scalars.
 
@@ -1271,17 +1292,18 @@ def warm_up_eval_graphs(h, model: GPT, compiled, nll_fn, d: Dist) -> None:
         for rows, last in {(eval_rows(h, last, m), last) for last in (L, h.eval_stride) for m in shares}:
             seq = tokens(rows, L + 1)  # as score_windows builds its batches
             nll_fn(seq[:, :-1], seq[:, 1:], last)
-    batches = []  # (frozen blocks, frozen embedding, inputs, targets) shaped and strided as the TTT loops make them
+    batches = []  # (frozen blocks, frozen embedding, inputs, targets, attention) as the TTT loops make them
     if h.prequant_ttt_enabled and h.prequant_ttt_epochs > 0:
         x, y = chunk_sequences(tokens(h.prequant_ttt_chunk_tokens + 1), 0, h.prequant_ttt_chunk_tokens, h.train_seq_len)
-        batches.append((h.prequant_ttt_freeze_blocks, True, x, y))
+        batches.append((h.prequant_ttt_freeze_blocks, True, x, y, ttt_attention(model)))
     if h.ttt_enabled and h.ttt_epochs > 0:
         x, y = chunk_sequences(tokens(h.ttt_chunk_tokens + 1), 0, h.ttt_chunk_tokens, L)
         b = h.ttt_batch_seqs
-        batches.append((h.ttt_freeze_blocks, False, x[d.rank :: d.world_size][:b], y[d.rank :: d.world_size][:b]))
-    for freeze_blocks, freeze_embedding, x, y in batches:
+        batches.append((h.ttt_freeze_blocks, False, x[d.rank :: d.world_size][:b], y[d.rank :: d.world_size][:b],
+                        contextlib.nullcontext()))
+    for freeze_blocks, freeze_embedding, x, y, attention in batches:
         freeze_for_ttt(model, freeze_blocks, freeze_embedding)
-        with autocast_context(d.device):
+        with attention, autocast_context(d.device):
             compiled(x, y).backward()
         model.zero_grad(set_to_none=True)
     freeze_for_ttt(model, 0, freeze_embedding=False)
@@ -1463,7 +1485,7 @@ def prequant_ttt(h, model: GPT, compiled, val: ValData, d: Dist, log) -> None:
             group["lr"] = lr
         total = torch.zeros((), device=d.device)
         for c in mine:
-            with autocast_context(d.device):
+            with ttt_attention(model), autocast_context(d.device):
                 loss = compiled(*chunk_sequences(val.tokens, c, C, L))
             loss.backward()
             if h.prequant_ttt_grad_clip > 0:
@@ -1500,22 +1522,18 @@ def collect_hessians(h, model: GPT, d: Dist) -> dict[str, Tensor]:
     hooks = [mod.register_forward_pre_hook(lambda m, inp, name=name: add(name, inp[0]))
              for name, mod in model.named_modules()
              if isinstance(mod, CastedLinear) and not name.endswith(("c_k", "c_v"))]
-    fused = [(m, m.kernel) for m in model.modules() if isinstance(m, (MLP, Attention))]
-    for m, _ in fused:  # the PyTorch forms call the linear layers, whose hooks read the products' inputs
-        m.kernel = "torch"
     local_seqs = h.train_batch_tokens // (8 * h.train_seq_len)
     loader = TrainLoader(dataset_files(h.data_dir, h.vocab_size, "train"), h.train_seq_len, local_seqs, d.rank,
                          d.world_size, h.seed + 1, h.vocab_size, d.device)
     n_local = len(range(d.rank, h.gptq_calibration_batches, d.world_size))
-    with torch.no_grad():
+    # the PyTorch forms call the linear layers, whose hooks read the products' inputs
+    with torch.no_grad(), module_attrs(model, (MLP, Attention), kernel="torch"):
         for _ in range(n_local):
             x, _ = loader.next_batch()
             with autocast_context(d.device):
                 add("tok_emb", model.hidden(x))
     for hook in hooks:
         hook.remove()
-    for m, kernel in fused:
-        m.kernel = kernel
     names = sorted(hess)
     tokens = float(h.gptq_calibration_batches * local_seqs * h.train_seq_len)
     all_reduce_flat_([hess[n] for n in names], 1.0 / tokens)

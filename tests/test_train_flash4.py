@@ -119,6 +119,34 @@ def test_flash_attn_4_glue_matches_sdpa_with_a_stand_in_kernel(tmp_path):
     assert r.returncode == 0 and "flash4 glue ok" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
 
 
+@pytest.mark.parametrize("backend", ["flash_attn_4", "flash_attn_3", "sdpa"])
+def test_prequant_ttt_runs_flash_attn_4_on_sdpa(tiny_h, tiny_model, monkeypatch, backend):
+    """Pre-quant TTT's steps (and their warm-up) call the attention with SDPA in place of FlashAttention 4 only; every
+    module has its own backend back after."""
+    seen = []
+    monkeypatch.setattr(tg, "causal_attention", lambda q, k, v, b: seen.append(b) or tg.last_rows_attention(q, k, v))
+    h = tiny_h(prequant_ttt_epochs=1, prequant_ttt_chunk_tokens=128)
+    model = tiny_model(seed=4)
+    for m in model.modules():
+        if isinstance(m, tg.Attention):
+            m.backend = backend
+    tokens = torch.randint(0, 64, (4 * 64 + 1,), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    d = tg.Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True, grad_accum_steps=8)
+    tg.warm_up_eval_graphs(h, model, model, lambda *a: None, d)
+    tg.prequant_ttt(h, model, model, tg.ValData(tokens=tokens, sidecar=None, luts=None), d, lambda _: None)
+    assert set(seen) == {"sdpa" if backend == "flash_attn_4" else backend}
+    assert {m.backend for m in model.modules() if isinstance(m, tg.Attention)} == {backend}
+
+
+def test_module_attrs_restores_each_modules_own_values_after_an_error(tiny_model):
+    model = tiny_model()
+    model.blocks[0].mlp.kernel = "triton"
+    with pytest.raises(RuntimeError), tg.module_attrs(model, tg.MLP, kernel="other"):
+        assert {b.mlp.kernel for b in model.blocks} == {"other"}
+        raise RuntimeError
+    assert [b.mlp.kernel for b in model.blocks] == ["triton"] + ["torch"] * (len(model.blocks) - 1)
+
+
 def test_backend_is_sdpa_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert tg.attention_backend() == "sdpa"
