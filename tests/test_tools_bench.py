@@ -15,10 +15,11 @@ TINY = dict(VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="64", NUM_HEADS="2", NUM_
             EVAL_STRIDE="16", TRAIN_BATCH_TOKENS="4096", VAL_BATCH_TOKENS="4096", RUN_ID="bench_test")
 
 
-def run_bench(tmp_path, *args, launcher: tuple[str, ...] = ()) -> str:
-    """tools/bench.py at the tiny configuration in tmp_path (under `launcher`, e.g. torchrun); its stdout."""
-    return subprocess.run([sys.executable, *launcher, str(ROOT / "tools" / "bench.py"), *args], env=child_env(**TINY),
-                          cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+def run_bench(tmp_path, *args, launcher: tuple[str, ...] = (), **env: str) -> str:
+    """tools/bench.py at the tiny configuration in tmp_path (under `launcher`, e.g. torchrun), with `env` added; its
+    stdout."""
+    return subprocess.run([sys.executable, *launcher, str(ROOT / "tools" / "bench.py"), *args],
+                          env=child_env(**TINY, **env), cwd=tmp_path, capture_output=True, text=True, check=True).stdout
 
 
 def test_bench_prints_train_and_eval_figures(tmp_path):
@@ -39,10 +40,10 @@ def test_bench_logs_each_timed_loss_and_skips_eval(tmp_path):
 
 
 def test_bench_on_two_gloo_ranks_checks_that_the_ranks_agree(tmp_path):
-    """Under torchrun the bench trains with every collective of the optimizers and prints that both ranks end
-    with the same weights."""
+    """Under torchrun (gloo, on the CPU even where a GPU is: two ranks need two) the bench trains with every
+    collective of the optimizers and prints that both ranks end with the same weights."""
     out = run_bench(tmp_path, "--steps", "2", "--warmup", "1", "--windows", "0",
-                    launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+                    launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"), CUDA_VISIBLE_DEVICES="")
     assert re.search(r"^bench world_size:2 ", out, re.M)
     assert re.search(r"^ranks_agree:1$", out, re.M)
 

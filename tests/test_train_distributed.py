@@ -17,10 +17,11 @@ TINY = dict(VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="64", NUM_HEADS="2", NUM_
 
 
 def run_two_ranks(tmp_path, tiny_data, *script: str, **env) -> None:
-    """torchrun of `script` on two gloo ranks in tmp_path, at the tiny configuration overridden by `env`."""
+    """torchrun of `script` on two gloo ranks in tmp_path, at the tiny configuration overridden by `env`; on the CPU
+    even where a GPU is (two ranks need two)."""
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *script],
-                         env=child_env(**TINY | {"DATA_DIR": str(tiny_data)} | env), cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600)
+                         env=child_env(**TINY | {"DATA_DIR": str(tiny_data), "CUDA_VISIBLE_DEVICES": ""} | env),
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
 
 
