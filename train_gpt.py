@@ -226,6 +226,9 @@ def init_distributed() -> Dist:
     if world_size < 1 or 8 % world_size != 0:
         raise ValueError(f"WORLD_SIZE={world_size}: must divide 8 (grad accumulation is 8/WORLD_SIZE)")
     if torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK={local_rank}: {torch.cuda.device_count()} CUDA device(s) here, one per "
+                             "process (--nproc_per_node at most the GPU count)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     else:

@@ -263,6 +263,16 @@ def test_world_size_must_divide_8(clean_env):
     assert (d.rank, d.world_size, d.grad_accum_steps, d.is_main) == (0, 1, 8, True)
 
 
+def test_more_ranks_than_gpus_names_local_rank(clean_env, monkeypatch):
+    """A rank without its own GPU (torchrun's --nproc_per_node above the GPU count) stops naming LOCAL_RANK."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    clean_env.setenv("WORLD_SIZE", "2")
+    clean_env.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match=r"LOCAL_RANK=1: 1 CUDA device\(s\) here"):
+        tg.init_distributed()
+
+
 def test_world_size_not_an_int_names_the_variable(clean_env):
     """A non-integer WORLD_SIZE raises naming the variable."""
     clean_env.setenv("WORLD_SIZE", "two")
