@@ -1072,9 +1072,9 @@ def module_attrs(model: nn.Module, types, **attrs):
 
 
 def ttt_attention(model: GPT):
-    """Pre-quant TTT's steps run FlashAttention 4 on SDPA: at one 32,768-token chunk the step waits on the host, and
-    FA4's calls take about 9 ms more of it a step than cuDNN's (1xH100: 55-59 ms a step against SDPA's 44;
-    logs/bench/h100x1_FT_tttab2.txt, h100x1_TS_tttab3.txt)."""
+    """Pre-quant TTT's steps run FlashAttention 4 on SDPA: at one 32,768-token chunk, with the MLP kernel, the GPU
+    idles between kernels, and FA4's calls cost the host about 9 ms more a step than cuDNN's (1xH100: 55-59 ms a
+    step against SDPA's 44; logs/bench/h100x1_FT_tttab2.txt, h100x1_TS_tttab3.txt)."""
     fa4 = any(m.backend == "flash_attn_4" for m in model.modules() if isinstance(m, Attention))
     return module_attrs(model, Attention, backend="sdpa") if fa4 else contextlib.nullcontext()
 
