@@ -11,8 +11,9 @@
 #   2. the legal mode (LEGAL=1) resumed from run 1's post-EMA checkpoint (it compiles its evaluation graphs
 #      before the evaluation clock starts, as a full run's warm-up does);
 #   3. (only when named) legal_full: a whole LEGAL=1 run with 28 s of training and 64 Hessian batches.
-# Environment: GPU_CHECK_STEPS="pipeline legal" (default) picks the runs; extra variables pass through to
-# train_gpt.py.
+# Environment: GPU_CHECK_STEPS="pipeline legal" (default) picks the runs; GPU_CHECK_WORK (default /tmp/work) is where
+# they run, shared across invocations so that legal can resume an earlier pipeline's checkpoint; extra variables pass
+# through to train_gpt.py.
 set -uo pipefail
 R=${1:?usage: gpu_check.sh RUN_DIR [NPROC]}
 N=${2:-1}
@@ -34,12 +35,13 @@ if [ ! -f /tmp/data/datasets/fineweb10B_sp8192/manifest.json ]; then
     || { echo "prepare failed"; cat "$R/prepare.log"; exit 1; }
 fi
 export DATA_DIR=/tmp/data PYTHONUNBUFFERED=1
-REPO=$PWD W=/tmp/work  # runs write logs/ and final_model.* in W, outside the (re-synced) checkout
+REPO=$PWD W=${GPU_CHECK_WORK:-/tmp/work}  # runs write logs/ and final_model.* in W, outside the (re-synced) checkout
 mkdir -p "$W" && cd "$W"
 launch() {
   if [ "$N" = 1 ]; then python3 "$REPO/train_gpt.py"; else torchrun --standalone --nproc_per_node="$N" "$REPO/train_gpt.py"; fi
 }
 for step in $STEPS; do
+  rm -f "logs/gpu${N}_${step}.txt"  # the logger appends: an earlier invocation's run must not precede this one's
   case $step in
     pipeline)
       RUN_ID=gpu${N}_pipeline MAX_WALLCLOCK_SECONDS=132 PREQUANT_TTT_EPOCHS=3 TRAIN_LOG_EVERY=10 \
