@@ -1060,7 +1060,8 @@ def count_parameters(model: nn.Module) -> int:
 
 @contextlib.contextmanager
 def module_attrs(model: nn.Module, types, **attrs):
-    """Sets attrs on every submodule of the given types for the duration; each gets its own values back after."""
+    """Sets plain (non-parameter, non-module) attrs on every submodule of the given types for the duration; each
+    gets its own values back after."""
     saved = [(m, {k: getattr(m, k) for k in attrs}) for m in model.modules() if isinstance(m, types)]
     for m, _ in saved:
         m.__dict__.update(attrs)
