@@ -103,3 +103,20 @@ def test_bench_attention_needs_cuda():
     """Without CUDA the attention micro-benchmark stops with a clear message (exit 2) instead of a traceback."""
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_attention.py")], capture_output=True, text=True)
     assert r.returncode == 2 and "CUDA is required" in r.stderr
+
+
+def test_bench_times_prequant_ttt_chunks(tmp_path):
+    """--ttt-chunks runs train_gpt's pre-quant TTT for one epoch on one chunk (compile), then on N, and prints the
+    time per chunk of the second."""
+    out = run_bench(tmp_path, "--steps", "1", "--warmup", "1", "--windows", "0", "--ttt-chunks", "3",
+                    PREQUANT_TTT_CHUNK_TOKENS="256")
+    assert len(re.findall(r"^prequant_ttt epoch:1/1 ", out, re.M)) == 2
+    m = re.search(r"^prequant_ttt_bench chunks_per_rank:3 chunk_tokens:256 ms_per_chunk:(\S+)$", out, re.M)
+    assert m and float(m[1]) > 0
+
+
+def test_bench_refuses_more_ttt_chunks_than_the_data_has(tmp_path, tiny_data):
+    run = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--data-dir", str(tiny_data), "--steps", "1",
+                          "--warmup", "0", "--windows", "0", "--ttt-chunks", "100000"], env=child_env(**TINY),
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode != 0 and "--ttt-chunks 100000: needs" in run.stderr and str(tiny_data) in run.stderr

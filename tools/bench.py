@@ -1,6 +1,6 @@
 """Throughput benchmark of train_gpt.py's own training step and sliding evaluation (not a test).
 
-    python tools/bench.py [--steps 20] [--warmup 20] [--windows 4096] [--data-dir DIR] [--profile 3]
+    python tools/bench.py [--steps 20] [--warmup 20] [--windows 4096] [--data-dir DIR] [--profile 3] [--ttt-chunks 20]
     torchrun --standalone --nproc_per_node=4 tools/bench.py          # per-GPU scaling
 
 The model, optimizers, loader, step and evaluation are train_gpt's functions at the configuration the
@@ -15,8 +15,10 @@ every timed step (`losses recurrence:…`), so that two versions run at one SEED
 compared step by step. `--profile K` profiles K more steps per mode (CUDA only) and prints where the GPU time
 goes: per category (matmul, attention, compiled/Triton kernels, other aten kernels, copies, communication) and
 the top kernels, in ms per step; then the same for one more run of the sliding evaluation (`profile sliding_eval`,
-ms per run). `--windows 0` skips the evaluation timing. Like train_gpt.py, it writes its lines to
-logs/bench_<RUN_ID>.txt under the working directory, so run it from a scratch folder.
+ms per run). `--windows 0` skips the evaluation timing. `--ttt-chunks N` then times pre-quant TTT (train_gpt's
+`prequant_ttt`, one epoch) on N validation chunks per rank, after one untimed chunk (compile); it runs last, as it
+trains on them. Like train_gpt.py, it writes its lines to logs/bench_<RUN_ID>.txt under the working directory, so
+run it from a scratch folder.
 """
 from __future__ import annotations
 
@@ -126,6 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--windows", type=int, default=4096, help="sliding-evaluation windows to time")
     ap.add_argument("--data-dir", type=Path, help="a DATA_DIR with train/val shards (default: synthetic tokens)")
     ap.add_argument("--profile", type=int, default=0, help="profile this many extra steps per mode (CUDA only)")
+    ap.add_argument("--ttt-chunks", type=int, default=0, help="pre-quant TTT chunks per rank to time (last)")
     args = ap.parse_args(argv)
     h = tg.read_hyperparameters()
     d = tg.init_distributed()
@@ -136,11 +139,15 @@ def main(argv=None) -> int:
         h.data_dir = str(args.data_dir)
     else:
         tmp = tempfile.TemporaryDirectory()
-        n_val = (args.windows + 2) * h.eval_stride + h.eval_seq_len + 1
+        n_val = max((args.windows + 2) * h.eval_stride + h.eval_seq_len, ttt_tokens(h, d, args.ttt_chunks)) + 1
         synthetic_dataset(Path(tmp.name), h.vocab_size, max(4 * h.train_batch_tokens, 1 << 20), n_val, h.seed)
         h.data_dir = tmp.name
     files = tg.dataset_files(h.data_dir, h.vocab_size, "train")
     val_tokens = torch.cat([tg.load_data_shard(f) for f in tg.dataset_files(h.data_dir, h.vocab_size, "val")])
+    if val_tokens.numel() - 1 < ttt_tokens(h, d, args.ttt_chunks):
+        raise SystemExit(f"--ttt-chunks {args.ttt_chunks}: needs {ttt_tokens(h, d, args.ttt_chunks) + 1} validation "
+                         f"tokens ({args.ttt_chunks} chunks of {h.prequant_ttt_chunk_tokens} per rank, plus one), "
+                         f"{h.data_dir} has {val_tokens.numel()}")
     val = tg.ValData(tokens=val_tokens.to(torch.int32).to(d.device), luts=None,
                      sidecar=torch.ones_like(val_tokens, dtype=torch.int32).to(d.device))
     torch.manual_seed(h.seed)
@@ -179,21 +186,32 @@ def main(argv=None) -> int:
     if d.device.type == "cuda":
         log(f"peak_memory_allocated_mib:{torch.cuda.max_memory_allocated() // 2**20} "
             f"alloc_retries:{torch.cuda.memory_stats().get('num_alloc_retries', 0)}")
-    if args.windows <= 0:
-        return finish(tmp)
-    model.looping = h.num_loops > 0
-    plan = tg.window_plan(val.tokens.numel() - 1, h.eval_seq_len, h.eval_stride)[1 : args.windows + 1]
-    mine = plan[d.rank :: d.world_size]
-    tg.score_windows(h, nll_fn, val, mine[: max(1, len(mine) // 8)], h.eval_stride, d)  # compile
-    seconds = timed(d.device, lambda: tg.score_windows(h, nll_fn, val, mine, h.eval_stride, d))
-    log(f"sliding_eval windows:{len(plan)} stride:{h.eval_stride} time_ms:{1000 * seconds:.0f} "
-        f"windows/s:{len(plan) / seconds:.0f} tok/s:{len(plan) * h.eval_seq_len / seconds:.0f}")
-    if args.profile > 0 and d.device.type == "cuda":  # one more run over the same windows, profiled
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            wall = timed(d.device, lambda: tg.score_windows(h, nll_fn, val, mine, h.eval_stride, d))
-        profile_report(log, "sliding_eval", kernel_times(prof), 1, wall, unit="run")
-        gap_report(log, "sliding_eval", kernel_gaps(prof), 1, unit="run")
+    if args.windows > 0:
+        model.looping = h.num_loops > 0
+        plan = tg.window_plan(val.tokens.numel() - 1, h.eval_seq_len, h.eval_stride)[1 : args.windows + 1]
+        mine = plan[d.rank :: d.world_size]
+        tg.score_windows(h, nll_fn, val, mine[: max(1, len(mine) // 8)], h.eval_stride, d)  # compile
+        seconds = timed(d.device, lambda: tg.score_windows(h, nll_fn, val, mine, h.eval_stride, d))
+        log(f"sliding_eval windows:{len(plan)} stride:{h.eval_stride} time_ms:{1000 * seconds:.0f} "
+            f"windows/s:{len(plan) / seconds:.0f} tok/s:{len(plan) * h.eval_seq_len / seconds:.0f}")
+        if args.profile > 0 and d.device.type == "cuda":  # one more run over the same windows, profiled
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                wall = timed(d.device, lambda: tg.score_windows(h, nll_fn, val, mine, h.eval_stride, d))
+            profile_report(log, "sliding_eval", kernel_times(prof), 1, wall, unit="run")
+            gap_report(log, "sliding_eval", kernel_gaps(prof), 1, unit="run")
+    if args.ttt_chunks > 0:
+        h.prequant_ttt_epochs = 1
+        for n in (1, args.ttt_chunks):  # the first compiles the TTT graph
+            chunks = tg.ValData(tokens=val.tokens[: ttt_tokens(h, d, n) + 1], sidecar=None, luts=None)
+            seconds = timed(d.device, lambda: tg.prequant_ttt(h, model, compiled, chunks, d, log))
+        log(f"prequant_ttt_bench chunks_per_rank:{args.ttt_chunks} chunk_tokens:{h.prequant_ttt_chunk_tokens} "
+            f"ms_per_chunk:{1000 * seconds / args.ttt_chunks:.1f}")
     return finish(tmp)
+
+
+def ttt_tokens(h, d, chunks_per_rank: int) -> int:
+    """Validation tokens that give every rank `chunks_per_rank` pre-quant TTT chunks."""
+    return chunks_per_rank * d.world_size * h.prequant_ttt_chunk_tokens
 
 
 def finish(tmp) -> int:
