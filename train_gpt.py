@@ -1481,27 +1481,29 @@ def prequant_ttt(h, model: GPT, compiled, val: ValData, d: Dist, log) -> None:
                             eps=h.adam_eps, fused=d.device.type == "cuda")
     C, L = h.prequant_ttt_chunk_tokens, h.train_seq_len
     mine = range(d.rank, (val.tokens.numel() - 1) // C, d.world_size)
-    for epoch in range(h.prequant_ttt_epochs):
-        t0 = time.perf_counter()
-        cos = 0.5 * (1 + math.cos(math.pi * epoch / max(1, h.prequant_ttt_epochs - 1)))
-        lr = h.prequant_ttt_lr * (h.prequant_ttt_min_lr_frac + (1 - h.prequant_ttt_min_lr_frac) * cos)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        total = torch.zeros((), device=d.device)
-        for c in mine:
-            with ttt_attention(model), autocast_context(d.device):
-                loss = compiled(*chunk_sequences(val.tokens, c, C, L))
-            loss.backward()
-            if h.prequant_ttt_grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, h.prequant_ttt_grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            total += loss.detach()
-        average_across_ranks_(params, len(mine))
-        stats = all_reduce_(torch.stack([total, torch.tensor(float(len(mine)), device=d.device)]))
-        synchronize(d.device)
-        log(f"prequant_ttt epoch:{epoch + 1}/{h.prequant_ttt_epochs} lr:{lr:.3e} "
-            f"train_loss:{(stats[0] / stats[1].clamp_min(1)).item():.4f} time:{1000 * (time.perf_counter() - t0):.0f}ms")
+    with ttt_attention(model):  # entered once, not per step: the step is sensitive to host time
+        for epoch in range(h.prequant_ttt_epochs):
+            t0 = time.perf_counter()
+            cos = 0.5 * (1 + math.cos(math.pi * epoch / max(1, h.prequant_ttt_epochs - 1)))
+            lr = h.prequant_ttt_lr * (h.prequant_ttt_min_lr_frac + (1 - h.prequant_ttt_min_lr_frac) * cos)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            total = torch.zeros((), device=d.device)
+            for c in mine:
+                with autocast_context(d.device):
+                    loss = compiled(*chunk_sequences(val.tokens, c, C, L))
+                loss.backward()
+                if h.prequant_ttt_grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, h.prequant_ttt_grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                total += loss.detach()
+            average_across_ranks_(params, len(mine))
+            stats = all_reduce_(torch.stack([total, torch.tensor(float(len(mine)), device=d.device)]))
+            synchronize(d.device)
+            log(f"prequant_ttt epoch:{epoch + 1}/{h.prequant_ttt_epochs} lr:{lr:.3e} "
+                f"train_loss:{(stats[0] / stats[1].clamp_min(1)).item():.4f} "
+                f"time:{1000 * (time.perf_counter() - t0):.0f}ms")
     freeze_for_ttt(model, 0, freeze_embedding=False)
 
 
