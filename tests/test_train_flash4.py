@@ -130,8 +130,10 @@ def test_prequant_ttt_runs_flash_attn_4_on_sdpa(tiny_h, tiny_model, monkeypatch,
     for m in model.modules():
         if isinstance(m, tg.Attention):
             m.backend = backend
+    from test_export import cpu_dist
+
     tokens = torch.randint(0, 64, (4 * 64 + 1,), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
-    d = tg.Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True, grad_accum_steps=8)
+    d = cpu_dist()
     tg.warm_up_eval_graphs(h, model, model, lambda *a: None, d)
     tg.prequant_ttt(h, model, model, tg.ValData(tokens=tokens, sidecar=None, luts=None), d, lambda _: None)
     assert set(seen) == {"sdpa" if backend == "flash_attn_4" else backend}
