@@ -22,8 +22,8 @@ the logs cannot tell, e.g. a resumed run has no training lines) together with th
 The tool stops with an error naming the log when a required line is missing or malformed (the run header,
 `hparam seed`, `Total submission size`, `final_score`), when a log's own lines contradict each other, when one
 file holds several runs (the logger appends), or when the logs disagree on what must be equal across seeds
-(evaluation mode and validity, world size, device type, torch, attention backend, MLP kernel, counted code bytes, validation
-tokens) or repeat a seed.
+(evaluation mode and validity, world size, device type, torch, attention backend, KERNELS choice, counted code bytes,
+validation tokens) or repeat a seed.
 """
 from __future__ import annotations
 
