@@ -594,7 +594,10 @@ def fused_gemm():
     at M = 98,304 (one training micro-batch) the MLP backward's dH takes 504 us instead of 709, the forward 499
     instead of 582; scoring's act(x W1^T) at M = 524,288 takes 2,093 us instead of 3,062
     (logs/bench/h100x1_AM_actmm.txt, results equal to PyTorch's bit for bit), a scoring attention layer 4,956 us
-    instead of 5,488 (h100x1_QK_evalqk.txt). Each product is rounded to bf16 before its epilogue, as cuBLAS's output."""
+    instead of 5,488 (h100x1_QK_evalqk.txt). Each product is rounded to bf16 before its epilogue, as cuBLAS's output.
+    A fourth pipeline stage fits only the activation-only epilogues (modes 1, 2): scoring's act(x W1^T) 1,851 us
+    instead of 1,873, the same bits, and 4,096 scored windows 2,800 ms instead of 2,808 (h100x1_AB_gemmws.txt,
+    h100x1_AB_evalqk_sep.txt); the other modes' epilogues leave no shared memory for it."""
     global tl  # @triton.jit resolves names in the module's globals
     import triton
     import triton.language as tl
@@ -702,7 +705,7 @@ def fused_gemm():
         cs, sn, g = tables or (o, o, o)
         fused_gemm_kernel[(min(sms, triton.cdiv(M, 128) * triton.cdiv(N, 256)),)](
             a, b, o if h is None else h, o, o2, cs, sn, g, M, N, K, cs.size(0), groups, MODE=mode, B_T=b_t, R=rope,
-            BM=128, BN=256, BK=64, GROUP_M=8, SMS=sms, num_warps=8, num_stages=3)
+            BM=128, BN=256, BK=64, GROUP_M=8, SMS=sms, num_warps=8, num_stages=4 if mode in (1, 2) else 3)
         return (o2, o) if mode == 2 else o
 
     return run
