@@ -54,6 +54,7 @@ def test_kernel_categories():
 
     assert bench.kernel_category("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma") == "attention"
     assert bench.kernel_category("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT") == "matmul"
+    assert bench.kernel_category("fused_gemm_kernel") == bench.kernel_category("xsa_res_kernel") == "matmul"
     assert bench.kernel_category("triton_per_fused__fused_rms_norm_backward_15") == "compiled"
     assert bench.kernel_category("ncclDevKernel_AllReduce_Sum_f32") == "communication"
     assert bench.kernel_category("Memcpy HtoD (Pinned -> Device)") == "copy"

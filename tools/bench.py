@@ -57,7 +57,7 @@ def timed(device, fn) -> float:
 
 KERNEL_CATEGORIES = (  # first match wins; names as CUDA kernels are reported by the profiler
     ("attention", ("flash", "fmha", "attention", "cudnn")),
-    ("matmul", ("gemm", "cutlass", "nvjet", "xmma", "cublas", "sm90_")),
+    ("matmul", ("gemm", "cutlass", "nvjet", "xmma", "cublas", "sm90_", "xsa_res")),  # with train_gpt's Triton products
     ("communication", ("nccl",)),
     ("compiled", ("triton",)),
     ("copy", ("memcpy", "memset")),
