@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,12 +18,25 @@ TINY = dict(VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="64", NUM_HEADS="2", NUM_
             TTT_CHUNK_TOKENS="1024", GPTQ_CALIBRATION_BATCHES="4", RUN_ID="two_ranks", OMP_NUM_THREADS="1")
 
 
+EXIT_ABORT = "terminate called without an active exception"
+
+
 def run_two_ranks(tmp_path, tiny_data, *script: str, **env) -> None:
     """torchrun of `script` on two gloo ranks in tmp_path, at the tiny configuration overridden by `env`; on the CPU
-    even where a GPU is (two ranks need two)."""
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *script],
-                         env=child_env(**TINY | {"DATA_DIR": str(tiny_data), "CUDA_VISIBLE_DEVICES": ""} | env),
-                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    even where a GPU is (two ranks need two).
+
+    Run once more, with a fresh log, only when a rank aborted with EXIT_ABORT after rank 0 had logged the final score,
+    i.e. after the last collective: gloo's teardown race at exit, which the barrier before destroy_process_group made
+    rare but not impossible (seen once, in stop 23's CI; none in 60 runs under load before and at that stop)."""
+    env = TINY | {"DATA_DIR": str(tiny_data), "CUDA_VISIBLE_DEVICES": ""} | env
+    log = tmp_path / "logs" / f"{env['RUN_ID']}.txt"
+    for attempt in range(2):
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              *script], env=child_env(**env), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        finished = log.exists() and re.search(r"^final_score ", log.read_text(), re.M)
+        if run.returncode == 0 or attempt or EXIT_ABORT not in run.stderr or not finished:
+            break
+        log.unlink()
     assert run.returncode == 0, run.stderr[-3000:]
 
 
@@ -65,3 +80,36 @@ def test_clocks_start_when_every_rank_is_ready(tiny_data, tmp_path):
     first_eval = re.search(r"^pre-quantization post-ema val_loss:\S+ val_bpb:\S+ eval_time:(\d+)ms", resumed, re.M)
     assert compiled and int(compiled.group(1)) >= 3000, resumed  # the wait is counted before the clock
     assert first_eval and int(first_eval.group(1)) < 2000, resumed
+
+
+FLAKY = """
+import os, sys, time
+from pathlib import Path
+rank, log = os.environ["RANK"], Path("logs") / (os.environ["RUN_ID"] + ".txt")
+Path(f"attempt_{rank}_{len(list(Path('.').glob(f'attempt_{rank}_*')))}").touch()
+if rank == "0" and sys.argv[1] == "finished":
+    log.parent.mkdir(exist_ok=True)
+    log.write_text("final_score source:quantized val_bpb:1.0\\n")
+if rank == "1" and not Path("attempt_1_1").exists():  # the first attempt's rank 1 aborts (after the log, if any)
+    for _ in range(100):
+        if log.exists() or sys.argv[1] != "finished":
+            break
+        time.sleep(0.1)
+    sys.stderr.write("terminate called without an active exception\\n")
+    sys.stderr.flush()
+    os.abort()
+"""
+
+
+def test_two_rank_runs_are_retried_only_after_the_final_score(tiny_data, tmp_path):
+    """An abort at exit after the final score is logged is run once more; one before it fails the test at once."""
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    run_two_ranks(tmp_path, tiny_data, "flaky.py", "finished", RUN_ID="flaky")
+    assert sorted(p.name for p in tmp_path.glob("attempt_*")) == ["attempt_0_0", "attempt_0_1", "attempt_1_0",
+                                                                 "attempt_1_1"]
+    other = tmp_path / "mid_run"
+    other.mkdir()
+    (other / "flaky.py").write_text(FLAKY)
+    with pytest.raises(AssertionError, match="terminate called"):
+        run_two_ranks(other, tiny_data, "flaky.py", "unfinished", RUN_ID="flaky")
+    assert sorted(p.name for p in other.glob("attempt_1_*")) == ["attempt_1_0"]
