@@ -1,12 +1,11 @@
 """Two CPU processes on gloo run the real training path and end with identical weights on both ranks."""
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import child_env
+from conftest import child_env, run_torchrun
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,25 +17,15 @@ TINY = dict(VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="64", NUM_HEADS="2", NUM_
             TTT_CHUNK_TOKENS="1024", GPTQ_CALIBRATION_BATCHES="4", RUN_ID="two_ranks", OMP_NUM_THREADS="1")
 
 
-EXIT_ABORT = "terminate called without an active exception"
-
-
 def run_two_ranks(tmp_path, tiny_data, *script: str, **env) -> None:
     """torchrun of `script` on two gloo ranks in tmp_path, at the tiny configuration overridden by `env`; on the CPU
-    even where a GPU is (two ranks need two).
-
-    Run once more, with a fresh log, only when a rank aborted with EXIT_ABORT after rank 0 had logged the final score,
-    i.e. after the last collective: gloo's teardown race at exit, which the barrier before destroy_process_group made
-    rare but not impossible (seen once, in stop 23's CI; none in 60 runs under load before and at that stop)."""
+    even where a GPU is (two ranks need two). Run once more, with a fresh log, only after an abort at exit that
+    followed the final score (conftest.run_torchrun)."""
     env = TINY | {"DATA_DIR": str(tiny_data), "CUDA_VISIBLE_DEVICES": ""} | env
     log = tmp_path / "logs" / f"{env['RUN_ID']}.txt"
-    for attempt in range(2):
-        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                              *script], env=child_env(**env), cwd=tmp_path, capture_output=True, text=True, timeout=600)
-        finished = log.exists() and re.search(r"^final_score ", log.read_text(), re.M)
-        if run.returncode == 0 or attempt or EXIT_ABORT not in run.stderr or not finished:
-            break
-        log.unlink()
+    run = run_torchrun([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *script],
+                       lambda _: log.exists() and re.search(r"^final_score ", log.read_text(), re.M) is not None,
+                       log.unlink, env=child_env(**env), cwd=tmp_path, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
 
 
