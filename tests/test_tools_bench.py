@@ -17,8 +17,8 @@ TINY = dict(VOCAB_SIZE="64", NUM_LAYERS="4", MODEL_DIM="64", NUM_HEADS="2", NUM_
 
 def run_bench(tmp_path, *args, launcher: tuple[str, ...] = (), **env: str) -> str:
     """tools/bench.py at the tiny configuration in tmp_path (under `launcher`, e.g. torchrun), with `env` added; its
-    stdout. A torchrun is run once more only after an abort at exit that followed `ranks_agree:` (conftest.run_torchrun),
-    the last collective when no windows or TTT chunks are timed, as in the two-rank test."""
+    stdout. A torchrun is run once more only after an abort at exit that followed `ranks_agree:`
+    (conftest.run_torchrun), the last collective when no windows or TTT chunks are timed, as in the two-rank test."""
     run = run_torchrun([sys.executable, *launcher, str(ROOT / "tools" / "bench.py"), *args],
                        lambda r: bool(launcher) and re.search(r"^ranks_agree:", r.stdout, re.M) is not None,
                        env=child_env(**TINY, **env), cwd=tmp_path)
@@ -41,6 +41,14 @@ def test_bench_logs_each_timed_loss_and_skips_eval(tmp_path):
     losses = {int(m[1]): [float(v) for v in m[2].split()] for m in re.finditer(r"^losses recurrence:(\d) (.*)$", out, re.M)}
     assert set(losses) == {0, 1} and all(len(v) == 3 and all(0 < x < 10 for x in v) for v in losses.values())
     assert "sliding_eval" not in out
+
+
+def test_bench_steps_0_times_the_evaluation_alone(tmp_path):
+    """--steps 0 trains nothing (no step, no loss line) and still times the sliding evaluation."""
+    out = run_bench(tmp_path, "--steps", "0", "--windows", "24")
+    assert "train recurrence" not in out and "losses recurrence" not in out
+    assert re.search(r"^bench .* steps:0 ", out, re.M)
+    assert re.search(r"sliding_eval windows:24 stride:16 time_ms:\d+", out)
 
 
 def test_bench_on_two_gloo_ranks_checks_that_the_ranks_agree(tmp_path):

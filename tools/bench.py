@@ -8,7 +8,9 @@ environment gives (defaults: the record configuration; the same variables as tra
 `--steps` optimizer steps without and then with recurrence, after `--warmup` untimed steps per mode (compile),
 each with the training loop's per-step bookkeeping (the agreed clock and the EMA update), checks with several
 ranks that every rank holds the same weights (`ranks_agree:`), reads peak memory, then times the sliding-window
-evaluation (EVAL_STRIDE) of the first `--windows` windows.
+evaluation (EVAL_STRIDE) of the first `--windows` windows. `--steps 0` skips the training and its compile: the
+evaluation and TTT then run at the initial weights (zero output projections), so use it to compare two trees'
+scoring speed, each in its own process (custom ops are registered once per process), not for absolute figures.
 Without --data-dir it trains on synthetic uniform tokens (as SPEC §9's anchors) and scores synthetic
 validation tokens with a one-byte-per-token sidecar. Prints a `key:value` table on rank 0, including the loss of
 every timed step (`losses recurrence:…`), so that two versions run at one SEED on real text (--data-dir) can be
@@ -123,7 +125,7 @@ def profile_report(log, label: str, times: dict[str, tuple[float, int]], steps: 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps per mode")
+    ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps per mode (0: no training)")
     ap.add_argument("--warmup", type=int, default=20, help="untimed steps per mode before timing")
     ap.add_argument("--windows", type=int, default=4096, help="sliding-evaluation windows to time")
     ap.add_argument("--data-dir", type=Path, help="a DATA_DIR with train/val shards (default: synthetic tokens)")
@@ -159,7 +161,7 @@ def main(argv=None) -> int:
     log(f"bench world_size:{d.world_size} device:{d.device} torch:{torch.__version__} attention:{backend} "
         f"kernels:{kern} batch_tokens:{h.train_batch_tokens} steps:{args.steps} warmup:{args.warmup}")
     clock, ema, t_start = tg.AgreedClock(d.device), tg.EMA(model), time.perf_counter()
-    for looping in (False, True):
+    for looping in (False, True) if args.steps > 0 else ():  # --steps 0: scoring (and TTT) alone, at the init weights
         model.looping = looping
         losses = []
 
