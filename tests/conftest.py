@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -43,12 +44,37 @@ def run_torchrun(cmd: list[str], finished, reset=lambda: None, **kwargs) -> subp
     """subprocess.run(cmd) of a two-rank gloo torchrun, output captured as text; run once more (after `reset()`) only
     when a rank aborted with EXIT_ABORT after `finished(run)` held, i.e. after the run's last collective. That is
     gloo's teardown race at exit, which train_gpt's barrier before destroy_process_group made rare but not impossible
-    (seen once, in stop 23's CI; none in 60 runs under load before and at that stop)."""
+    (twice in stop 23's CI runs, a torchrun test and a spawned one; never in a bare gloo program, 300 runs)."""
     for attempt in range(2):
         run = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
         if run.returncode == 0 or attempt or EXIT_ABORT not in run.stderr or not finished(run):
             return run
         reset()
+
+
+def spawn_ranks(target, world_size: int, root: Path, timeout: float = 120) -> list[Path]:
+    """target(rank, world_size, attempt_dir) in `world_size` spawned processes (gloo ranks), each writing
+    attempt_dir/rank{rank}.pt as its last work before its teardown; returns those files. Run once more, in a fresh
+    directory, only when a rank died of SIGABRT after every rank had written its file: gloo's teardown race at exit
+    (as in run_torchrun)."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    for attempt in range(2):
+        out_dir = root / f"attempt{attempt}"
+        out_dir.mkdir(parents=True)
+        procs = [ctx.Process(target=target, args=(r, world_size, str(out_dir))) for r in range(world_size)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        codes, outs = [p.exitcode for p in procs], [out_dir / f"rank{r}.pt" for r in range(world_size)]
+        if codes == [0] * world_size:
+            return outs
+        if attempt or any(c not in (0, -signal.SIGABRT) for c in codes) or not all(o.exists() for o in outs):
+            break
+    raise AssertionError(f"spawned ranks' exit codes: {codes}")
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 
 import tinydata
 import train_gpt as tg
-from conftest import DIST_ENV, HPARAM_ENV, RETIRED_ENV, child_env
+from conftest import DIST_ENV, HPARAM_ENV, RETIRED_ENV, child_env, spawn_ranks
 from test_train_e2e import NUM, TINY_RUN
 
 ROOT = Path(tg.__file__).resolve().parent
@@ -542,11 +541,11 @@ def test_fit_to_limit_large_and_impossible_limits(calibrated):
 # 8: TTT weight averaging across ranks (gloo, two processes).
 
 
-def _average_worker(rank: int, store_path: str, out_dir: str) -> None:
+def _average_worker(rank: int, world_size: int, out_dir: str) -> None:
     import torch.distributed as dist
 
-    store = dist.FileStore(store_path, 2)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
+    store = dist.FileStore(os.path.join(out_dir, "store"), world_size)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
     try:
         results = {}
         a = torch.full((3, 2), 1.0 + rank)  # rank 0: 1, rank 1: 2
@@ -569,16 +568,7 @@ def _average_worker(rank: int, store_path: str, out_dir: str) -> None:
 
 
 def test_average_across_ranks_gloo(tmp_path):
-    import torch.multiprocessing as mp
-
-    ctx = mp.spawn(_average_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=False)
-    deadline = time.time() + 60
-    while not ctx.join(timeout=1):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("gloo workers did not finish in 60 s")
-    res = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    res = [torch.load(f) for f in spawn_ranks(_average_worker, 2, tmp_path, timeout=60)]
     for r in res:
         a, b = r["weighted"]  # (3*v0 + 1*v1) / 4
         assert torch.allclose(a, torch.full((3, 2), (3 * 1.0 + 2.0) / 4))

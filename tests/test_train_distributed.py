@@ -1,11 +1,13 @@
 """Two CPU processes on gloo run the real training path and end with identical weights on both ranks."""
+import os
 import re
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from conftest import child_env, run_torchrun
+from conftest import child_env, run_torchrun, spawn_ranks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,3 +104,24 @@ def test_two_rank_runs_are_retried_only_after_the_final_score(tiny_data, tmp_pat
     with pytest.raises(AssertionError, match="terminate called"):
         run_two_ranks(other, tiny_data, "flaky.py", "unfinished", RUN_ID="flaky")
     assert sorted(p.name for p in other.glob("attempt_1_*")) == ["attempt_1_0"]
+
+
+def _aborting_rank(rank: int, world_size: int, out_dir: str) -> None:
+    """A stand-in rank for spawn_ranks: in the first attempt rank 1 aborts, after its file under a "late" root and
+    before it otherwise."""
+    late, first = "late" in out_dir, out_dir.endswith("attempt0")
+    if rank == 0 or late:
+        torch.save(rank, os.path.join(out_dir, f"rank{rank}.pt"))
+    if rank == 1 and first:
+        os.abort()
+    if rank == 1 and not late:
+        torch.save(rank, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def test_spawned_ranks_are_retried_only_after_every_output(tmp_path):
+    """An abort after every rank's output runs the ranks once more; one before a rank's output fails at once."""
+    outs = spawn_ranks(_aborting_rank, 2, tmp_path / "late")
+    assert [o.parent.name for o in outs] == ["attempt1", "attempt1"] and [torch.load(o) for o in outs] == [0, 1]
+    with pytest.raises(AssertionError, match="exit codes: \\[0, -6\\]"):
+        spawn_ranks(_aborting_rank, 2, tmp_path / "early")
+    assert not (tmp_path / "early" / "attempt1").exists()

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import train_gpt as tg
+from conftest import spawn_ranks
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -137,10 +138,11 @@ def test_muon_batches_same_shapes_like_separate_steps():
 SHARD_SHAPES = [(8, 4), (4, 8), (8, 4), (6, 6), (4, 8), (8, 4), (8, 4), (4, 8), (8, 4)]  # groups of 5, 3 and 1
 
 
-def sharded_muon_run(rank: int, world_size: int, init_file: str, out: str) -> None:
-    """Two Muon steps on SHARD_SHAPES as rank `rank` of `world_size` (gloo); saves the resulting weights."""
+def sharded_muon_run(rank: int, world_size: int, out_dir: str) -> None:
+    """Two Muon steps on SHARD_SHAPES as rank `rank` of `world_size` (gloo); saves the resulting weights as
+    out_dir/rank{rank}.pt."""
     if world_size > 1:
-        torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+        torch.distributed.init_process_group("gloo", init_method=f"file://{out_dir}/init", rank=rank,
                                              world_size=world_size)
     gen = torch.Generator().manual_seed(2)
     params = [nn.Parameter(torch.randn(*s, generator=gen)) for s in SHARD_SHAPES]
@@ -150,7 +152,7 @@ def sharded_muon_run(rank: int, world_size: int, init_file: str, out: str) -> No
         for p, g in zip(params, gs):
             p.grad = g.clone()
         opt.step()
-    torch.save([p.detach() for p in params], out)
+    torch.save([p.detach() for p in params], f"{out_dir}/rank{rank}.pt")
     tg.shut_down_distributed()  # its barrier: ranks that tear down apart abort at times (SIGABRT)
 
 
@@ -158,17 +160,9 @@ def sharded_muon_run(rank: int, world_size: int, init_file: str, out: str) -> No
 def test_muon_sharded_across_ranks_equals_one_rank(tmp_path, world_size):
     """Ranks orthogonalise shares of each shape group (some ranks get none of a group) and gather the bf16
     updates: every rank ends with exactly the weights one process computes alone."""
-    sharded_muon_run(0, 1, "", str(tmp_path / "alone.pt"))
-    alone = torch.load(tmp_path / "alone.pt")
-    outs = [str(tmp_path / f"rank{r}.pt") for r in range(world_size)]
-    ctx = torch.multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=sharded_muon_run, args=(r, world_size, str(tmp_path / "init"), outs[r]))
-             for r in range(world_size)]
-    for pr in procs:
-        pr.start()
-    for pr in procs:
-        pr.join(timeout=120)
-        assert pr.exitcode == 0
+    sharded_muon_run(0, 1, str(tmp_path))
+    alone = torch.load(tmp_path / "rank0.pt")
+    outs = spawn_ranks(sharded_muon_run, world_size, tmp_path / "ranks")
     for out in outs:
         for a, b in zip(torch.load(out), alone):
             assert torch.equal(a, b)
