@@ -1,4 +1,5 @@
-"""Two CPU processes on gloo run the real training path and end with identical weights on both ranks."""
+"""Two CPU processes on gloo run the real training path and end with identical weights on both ranks; the test
+harness retries such runs only after gloo's abort at exit (conftest.run_torchrun, spawn_ranks)."""
 import os
 import re
 import sys
