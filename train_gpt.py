@@ -598,9 +598,15 @@ def fused_gemm():
     A fourth pipeline stage fits only the activation-only epilogues (modes 1, 2): scoring's act(x W1^T) 1,851 us
     instead of 1,873, the same bits, and 4,096 scored windows 2,800 ms instead of 2,808 (h100x1_AB_gemmws.txt,
     h100x1_AB_evalqk_sep.txt); the other modes' epilogues leave no shared memory for it."""
-    global tl  # @triton.jit resolves names in the module's globals
+    global tl, xsa_operand  # @triton.jit resolves names in the module's globals
     import triton
     import triton.language as tl
+
+    @triton.jit
+    def xsa_operand(y, v):
+        """xsa_project_out of (BM, 64) tiles of a head's output and its KV group's value, in y's dtype."""
+        yf, vf = y.to(tl.float32), v.to(tl.float32)
+        return (yf - (tl.sum(yf * vf, 1) / tl.maximum(tl.sum(vf * vf, 1), 1e-24))[:, None] * vf).to(y.dtype)
 
     @triton.jit
     def fused_gemm_kernel(a_ptr, b_ptr, h_ptr, o_ptr, o2_ptr, cs_ptr, sn_ptr, g_ptr, M, N, K, P, G,
@@ -629,9 +635,8 @@ def fused_gemm():
             for k in range(tl.cdiv(K, BK)):
                 b = b_d.load([on, k * BK]).T if B_T else b_d.load([k * BK, on])
                 a = a_d.load([om, k * BK])
-                if MODE == 4:  # y - (y.v / max(v.v, 1e-24)) v, as xsa_project_out
-                    y, v = a.to(tl.float32), v_d.load([om, k // G * BK]).to(tl.float32)
-                    a = (y - (tl.sum(y * v, 1) / tl.maximum(tl.sum(v * v, 1), 1e-24))[:, None] * v).to(dt)
+                if MODE == 4:
+                    a = xsa_operand(a, v_d.load([om, k // G * BK]))
                 acc = tl.dot(a, b, acc)
             c0, c1 = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
             for j in tl.static_range(2):
@@ -674,8 +679,7 @@ def fused_gemm():
             om = tile * BM
             acc0, acc1 = tl.zeros((BM, BN), dtype=tl.float32), tl.zeros((BM, BN), dtype=tl.float32)
             for k in range(tl.cdiv(K, BK)):
-                y, v = y_d.load([om, k * BK]).to(tl.float32), v_d.load([om, k // G * BK]).to(tl.float32)
-                a = (y - (tl.sum(y * v, 1) / tl.maximum(tl.sum(v * v, 1), 1e-24))[:, None] * v).to(dt)
+                a = xsa_operand(y_d.load([om, k * BK]), v_d.load([om, k // G * BK]))
                 acc0 = tl.dot(a, w_d.load([0, k * BK]).T, acc0)
                 acc1 = tl.dot(a, w_d.load([BN, k * BK]).T, acc1)
             s0 = tl.load(s_ptr + tl.arange(0, BN)).to(tl.float32)
