@@ -256,7 +256,7 @@ def test_tiny_model_scores_through_the_kernels(cpu_ops, tiny_model):
 def test_compiled_scoring_writes_each_block_input_once(cpu_ops, tiny_model):
     """Compiled scoring (Inductor's CPU code, the stand-ins as the ops): in every block q's and k's qk_rope and v's
     product read one buffer, and the final block's k and v one. Given a view of the block's input per op, Inductor
-    had written the input once per view (NOTES.md, seventeenth round: 3.1-3.6% of scoring's time on H100)."""
+    had written the input once per view (NOTES.md, seventeenth round: scoring took 3.1-3.6% longer on H100)."""
     from torch._inductor.utils import run_and_get_code
 
     model = use_kernel(tiny_model(seed=3, model_dim=128, parallel_residual_start=2), "triton")
