@@ -136,18 +136,18 @@ def main(argv=None) -> int:
     d = tg.init_distributed()
     log = tg.Logger(f"bench_{h.run_id}", d.is_main)
     backend, kern = tg.attention_backend(h.attention), tg.kernels(h.kernels)
-    tmp = None
+    tmp, need_ttt = None, ttt_tokens(h, d, args.ttt_chunks)
     if args.data_dir is not None:
         h.data_dir = str(args.data_dir)
     else:
         tmp = tempfile.TemporaryDirectory()
-        n_val = max((args.windows + 2) * h.eval_stride + h.eval_seq_len, ttt_tokens(h, d, args.ttt_chunks)) + 1
+        n_val = max((args.windows + 2) * h.eval_stride + h.eval_seq_len, need_ttt) + 1
         synthetic_dataset(Path(tmp.name), h.vocab_size, max(4 * h.train_batch_tokens, 1 << 20), n_val, h.seed)
         h.data_dir = tmp.name
     files = tg.dataset_files(h.data_dir, h.vocab_size, "train")
     val_tokens = torch.cat([tg.load_data_shard(f) for f in tg.dataset_files(h.data_dir, h.vocab_size, "val")])
-    if val_tokens.numel() - 1 < ttt_tokens(h, d, args.ttt_chunks):
-        raise SystemExit(f"--ttt-chunks {args.ttt_chunks}: needs {ttt_tokens(h, d, args.ttt_chunks) + 1} validation "
+    if val_tokens.numel() - 1 < need_ttt:
+        raise SystemExit(f"--ttt-chunks {args.ttt_chunks}: needs {need_ttt + 1} validation "
                          f"tokens ({args.ttt_chunks} chunks of {h.prequant_ttt_chunk_tokens} per rank, plus one), "
                          f"{h.data_dir} has {val_tokens.numel()}")
     val = tg.ValData(tokens=val_tokens.to(torch.int32).to(d.device), luts=None,
