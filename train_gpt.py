@@ -851,7 +851,7 @@ def last_rows_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """(B, n, H, D) queries at the last n of T positions x (B, T, Hkv, D) -> (B, n, H, D), causal.
 
     Scores in fp32 as (B, Hkv, G*n, T) products (no expanded K/V); the probabilities in v's dtype for the second
-    product, as flash kernels do. For scoring, where n (the stride) is a small part of T.
+    product, as flash kernels do. Scoring's last rows on the CPU and in fp32; CUDA's bf16 uses FlashAttention 2.
     """
     B, n, H, D = q.shape
     T, hkv = k.size(1), k.size(2)
@@ -874,7 +874,10 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
         return out[0] if isinstance(out, tuple) else out
     if backend == "flash_attn_4" and (torch.is_grad_enabled() or q.size(1) < k.size(1)):  # else cuDNN's faster forward
         return torch.ops.train_gpt.fa4(q.contiguous(), k.contiguous(), v.contiguous())[0]
-    if q.size(1) < k.size(1):  # SDPA's is_causal aligns the queries to the start
+    if q.size(1) < k.size(1):  # SDPA's is_causal aligns the queries to the start; PyTorch's FlashAttention 2 op
+        if q.is_cuda and q.dtype != torch.float32:  # aligns them to the end, with grouped heads (scoring 0.4-1% faster)
+            return torch.ops.aten._scaled_dot_product_flash_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                                      v.transpose(1, 2), 0.0, True)[0].transpose(1, 2)
         return last_rows_attention(q, k, v)
     y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
                                        enable_gqa=k.size(2) != q.size(2))

@@ -151,6 +151,23 @@ def test_attention_of_the_last_rows_equals_full_causal_attention_sliced(H, Hkv):
                                    full[:, T - n :], rtol=0.03, atol=0.03)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="PyTorch's FlashAttention 2 op needs CUDA")
+@pytest.mark.parametrize("H,Hkv", [(8, 4), (8, 8), (8, 2)])
+def test_attention_of_the_last_rows_on_the_gpu_equals_full_causal_attention_sliced(H, Hkv):
+    """On CUDA in bf16 the last rows go through PyTorch's FlashAttention 2 op (end-aligned, grouped heads): full
+    causal attention, sliced, to bf16's rounding, and last_rows_attention's result to the same tolerance."""
+    torch.manual_seed(0)
+    B, T, D = 2, 256, 64
+    q, k, v = (torch.randn(B, T, h, D, device="cuda", dtype=torch.bfloat16) for h in (H, Hkv, Hkv))
+    full = tg.causal_attention(q, k, v, "sdpa").float()
+    for n in (1, 64, 255):
+        out = tg.causal_attention(q[:, T - n :], k, v, "sdpa")
+        assert out.shape == (B, n, H, D) and out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), full[:, T - n :], rtol=0.02, atol=0.02)
+        torch.testing.assert_close(out.float(), tg.last_rows_attention(q[:, T - n :], k, v).float(), rtol=0.02,
+                                   atol=0.02)
+
+
 def test_rotary_tables_serve_every_length_up_to_training(tiny_model, monkeypatch):
     """Up to the training length the model uses a prefix of its precomputed tables, which equals the tables
     computed for that length; beyond it the NTK-scaled tables are computed, and they differ from any prefix."""
